@@ -1,0 +1,120 @@
+"""The proxy's exceptions and the one place that turns them into HTTP responses.
+
+::
+
+    ConfigError                  bad configuration; never reaches HTTP
+    ProxyError                   answered to the client as JSON {"error": code, "message": ...}
+    ├── NoRoute                  404 no_route
+    ├── BadRequest               400 bad_request
+    ├── TokenUnavailable         503 token_unavailable (+ Entra's error code and description)
+    ├── UpstreamUnreachable      502 upstream_unreachable
+    └── UpstreamTimeout          504 upstream_timeout
+
+Messages are written for the client: they never hold a token, a secret, a query string or the
+``repr()`` of an aiohttp client error (which contains the request headers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; ``problems`` lists every one as ``key.path: message``."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"invalid configuration ({len(self.problems)} problem(s)):"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class ProxyError(Exception):
+    """An error answered to the client with ``status`` and a JSON body."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class NoRoute(ProxyError):
+    status = 404
+    code = "no_route"
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class TokenUnavailable(ProxyError):
+    """No valid token could be had; carries Entra's error, never the credential."""
+
+    status = 503
+    code = "token_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        entra_error: str | None = None,
+        entra_description: str | None = None,
+        entra_codes: Sequence[int] = (),
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.entra_error = entra_error
+        self.entra_description = entra_description
+        self.entra_codes = tuple(entra_codes)
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.entra_error:
+            body["entra_error"] = self.entra_error
+        if self.entra_description:
+            body["entra_error_description"] = self.entra_description
+        if self.entra_codes:
+            body["entra_error_codes"] = list(self.entra_codes)
+        return body
+
+    def headers(self) -> dict[str, str]:
+        retry = 5 if self.retry_after is None else max(1, math.ceil(self.retry_after))
+        return {"Retry-After": str(retry)}
+
+
+def to_response(error: ProxyError, *, request_id: str | None = None) -> web.Response:
+    """The HTTP response for ``error``; the only place errors become responses."""
+    body = error.body()
+    headers = {"Content-Type": "application/json", **error.headers()}
+    if request_id:
+        body["request_id"] = request_id
+        headers["x-ms-client-request-id"] = request_id
+    return web.Response(status=error.status, text=json.dumps(body), headers=headers)

@@ -1,0 +1,65 @@
+"""Header hygiene for both directions (RFC 9110 §7.6.1), as pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict
+
+# RFC 9110 §7.6.1 and the proxy-specific headers: never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+# Request headers the upstream must never see from the client. Host is the upstream's own,
+# Expect was answered by the proxy, Authorization is replaced by the route's token, and the
+# client's cookies belong to the client.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "authorization", "cookie", "content-length"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+
+REQUEST_ID = "x-ms-client-request-id"
+
+
+def _connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
+    named: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(v.strip().lower() for v in value.split(",") if v.strip())
+    return named
+
+
+def request_headers(
+    incoming: Iterable[tuple[str, str]], *, token: str, request_id: str, content_length: str | None
+) -> CIMultiDict[str]:
+    """The headers to send upstream: cleaned, with the token and request id set."""
+    items = list(incoming)
+    drop = _REQUEST_DROP | _connection_named(items)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in items:
+        if name.lower() not in drop:
+            out.add(name, value)
+    if content_length is not None:
+        out["Content-Length"] = content_length
+    out["Authorization"] = f"Bearer {token}"
+    out[REQUEST_ID] = request_id
+    return out
+
+
+def response_headers(incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers that may reach the client."""
+    items = list(incoming)
+    drop = _RESPONSE_DROP | _connection_named(items)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in items:
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out

@@ -1,0 +1,324 @@
+"""Access tokens: an MSAL-backed provider and the per-scope cache that wraps it.
+
+A provider has one small interface (:class:`TokenProvider`): ``await get(scope)`` and
+``invalidate(token)``. :class:`MsalProvider` asks Entra ID every time, off the event loop.
+:class:`CachingProvider` wraps any provider with one cache entry per scope: single flight (one
+request to Entra however many callers wait), refresh ahead of expiry in the background, and a
+backoff after failures so a broken credential is not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import msal  # type: ignore[import-untyped]  # msal ships no type information
+import requests
+import structlog
+
+from .config import IdentityConfig, OutboundConfig
+from .errors import TokenUnavailable
+
+log = structlog.get_logger("proxy.tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token; ``value`` never shows in a repr."""
+
+    value: str = field(repr=False)
+    scope: str
+    expires_at: float  # time.monotonic() clock
+    lifetime: float
+    expires_wall: float  # time.time() clock, for display
+    source: str = "entra"  # "entra" when this caller waited for it, "cache" otherwise
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.expires_at - (time.monotonic() if now is None else now)
+
+
+class TokenError(Exception):
+    """Entra ID (or the way to it) refused or failed to give a token."""
+
+    def __init__(self, error: str, description: str = "", codes: Sequence[int] = ()) -> None:
+        super().__init__(f"{error}: {description}" if description else error)
+        self.error = error
+        self.description = description
+        self.codes = tuple(codes)
+
+
+class TokenProvider(Protocol):
+    async def get(self, scope: str) -> Token: ...
+
+    def invalidate(self, token: Token) -> None: ...
+
+
+class _PinnedSession(requests.Session):
+    """A requests session whose ``verify``, proxies and timeout the environment cannot override.
+
+    requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace a session's ``verify``
+    (``Session.merge_environment_settings``); with ``outbound.ca_file`` set, the file must win.
+    """
+
+    def __init__(self, outbound: OutboundConfig) -> None:
+        super().__init__()
+        self._pin_verify = outbound.ca_file is not None
+        if outbound.ca_file is not None:
+            self.verify = str(outbound.ca_file)
+        if outbound.proxy is not None:
+            self.proxies = {"http": outbound.proxy, "https": outbound.proxy}
+        self._timeout = (outbound.connect_timeout, outbound.read_timeout)
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self._pin_verify:
+            settings["verify"] = self.verify
+        if "https" in self.proxies:
+            settings["proxies"] = dict(self.proxies)
+        return settings
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(*args, **kwargs)
+
+
+class _NoStoreCache(msal.TokenCache):  # type: ignore[misc]  # msal is untyped
+    """MSAL's cache would hand back a token until 5 minutes before expiry, which defeats
+    refreshing ahead; :class:`CachingProvider` caches instead, so MSAL stores nothing."""
+
+    def add(self, event: Any, now: Any = None) -> None:
+        return None
+
+
+class MsalProvider:
+    """Client-credentials tokens for one identity from MSAL, run in a worker thread."""
+
+    def __init__(self, identity: IdentityConfig, outbound: OutboundConfig) -> None:
+        self._identity = identity
+        self._outbound = outbound
+        self._app: Any = None
+        self._build_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MsalProvider(identity={self._identity.name!r})"
+
+    def _application(self) -> Any:
+        with self._build_lock:
+            if self._app is None:
+                # Building the app fetches the authority's OpenID configuration.
+                self._app = msal.ConfidentialClientApplication(
+                    self._identity.client_id,
+                    client_credential=self._identity.client_secret.reveal(),
+                    authority=self._identity.authority,
+                    instance_discovery=self._identity.instance_discovery,
+                    http_client=_PinnedSession(self._outbound),
+                    token_cache=_NoStoreCache(),
+                )
+            return self._app
+
+    def _acquire(self, scope: str) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = self._application().acquire_token_for_client([scope])
+        except requests.RequestException as e:
+            # The exception text names the URL and the cause, never the form data.
+            raise TokenError("authority_unreachable", _describe(e)) from None
+        except ValueError as e:  # MSAL's way to say the authority or its metadata is wrong
+            raise TokenError("authority_invalid", str(e)) from None
+        return result
+
+    async def get(self, scope: str) -> Token:
+        started, started_wall = time.monotonic(), time.time()
+        result = await asyncio.to_thread(self._acquire, scope)
+        if "access_token" not in result:
+            raise TokenError(
+                str(result.get("error") or "unknown_error"),
+                str(result.get("error_description") or ""),
+                [int(c) for c in result.get("error_codes") or () if isinstance(c, int)],
+            )
+        lifetime = float(result.get("expires_in") or 0)
+        return Token(
+            result["access_token"], scope, started + lifetime, lifetime, started_wall + lifetime
+        )
+
+    def invalidate(self, token: Token) -> None:
+        return None
+
+
+def _describe(e: requests.RequestException) -> str:
+    cause = e.__context__ or e
+    url = e.request.url if e.request is not None else ""
+    return f"{type(e).__name__} for {url}: {type(cause).__name__}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeStatus:
+    """What readiness and ``check`` show for one (identity, scope)."""
+
+    scope: str
+    usable: bool
+    expires_in: float | None
+    last_refresh: float | None  # time.time()
+    last_error: str | None
+    retry_in: float | None
+
+
+class _Entry:
+    """The cache for one scope: current token, the one fetch in flight, and the timer."""
+
+    def __init__(self) -> None:
+        self.token: Token | None = None
+        self.cached: Token | None = None  # the same token, marked source="cache"
+        self.task: asyncio.Task[Token | TokenError] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.error: TokenError | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_refresh: float | None = None
+
+
+def refresh_lead(lifetime: float) -> float:
+    """Seconds before expiry to refresh: a quarter of the lifetime, at most 15 minutes."""
+    return min(lifetime * 0.25, 900.0)
+
+
+def safety_margin(lifetime: float) -> float:
+    """A token with less than this left is never handed out: it could expire in flight."""
+    return min(lifetime * 0.1, 60.0)
+
+
+class CachingProvider:
+    """One cache entry per scope over ``inner``, with single flight and refresh ahead."""
+
+    def __init__(
+        self,
+        inner: TokenProvider,
+        *,
+        wait_timeout: float = 5.0,
+        max_backoff: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._wait_timeout = wait_timeout
+        self._max_backoff = max_backoff
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"CachingProvider({self._inner!r}, scopes={list(self._entries)!r})"
+
+    async def get(self, scope: str) -> Token:
+        entry = self._entries.get(scope) or self._entries.setdefault(scope, _Entry())
+        now = self._clock()
+        cached = entry.cached
+        if cached is not None and cached.expires_at - now > safety_margin(cached.lifetime):
+            return cached
+        if entry.error is not None and now < entry.retry_at and entry.task is None:
+            raise self._unavailable(entry.error, entry.retry_at - now)
+        task = self._start(scope, entry)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), self._wait_timeout)
+        except TimeoutError:
+            raise TokenUnavailable(
+                f"no token from the identity provider within {self._wait_timeout:g} s",
+                retry_after=self._wait_timeout,
+            ) from None
+        if isinstance(result, TokenError):
+            raise self._unavailable(result, entry.retry_at - self._clock())
+        return result
+
+    def invalidate(self, token: Token) -> None:
+        entry = self._entries.get(token.scope)
+        if entry is not None and entry.token is not None and entry.token.value == token.value:
+            entry.token = entry.cached = None
+        self._inner.invalidate(token)
+
+    async def prefetch(self, scopes: Sequence[str]) -> None:
+        """Start fetching tokens for ``scopes`` without waiting for them."""
+        for scope in scopes:
+            self._start(scope, self._entries.setdefault(scope, _Entry()))
+
+    def status(self) -> Mapping[str, ScopeStatus]:
+        now = self._clock()
+        result = {}
+        for scope, e in self._entries.items():
+            left = e.token.expires_at - now if e.token else None
+            result[scope] = ScopeStatus(
+                scope,
+                e.token is not None and left is not None and left > safety_margin(e.token.lifetime),
+                left,
+                e.last_refresh,
+                f"{e.error.error}: {e.error.description}".rstrip(": ") if e.error else None,
+                max(0.0, e.retry_at - now) if e.error else None,
+            )
+        return result
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = []
+        for entry in self._entries.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.task is not None:
+                entry.task.cancel()
+                tasks.append(entry.task)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _start(self, scope: str, entry: _Entry) -> asyncio.Task[Token | TokenError]:
+        if entry.task is None:
+            entry.task = asyncio.get_running_loop().create_task(self._fetch(scope, entry))
+        return entry.task
+
+    async def _fetch(self, scope: str, entry: _Entry) -> Token | TokenError:
+        try:
+            token = await self._inner.get(scope)
+        except TokenError as e:
+            return self._failed(scope, entry, e)
+        except Exception as e:  # any other failure must not kill the cache
+            return self._failed(scope, entry, TokenError("internal_error", type(e).__name__))
+        finally:
+            entry.task = None
+        entry.token, entry.cached = token, replace(token, source="cache")
+        entry.error, entry.failures, entry.last_refresh = None, 0, time.time()
+        log.info("token.refreshed", scope=scope, expires_in=round(token.lifetime))
+        self._schedule(scope, entry, max(0.0, token.lifetime - refresh_lead(token.lifetime)))
+        return token
+
+    def _failed(self, scope: str, entry: _Entry, error: TokenError) -> TokenError:
+        if entry.error is None or entry.error.error != error.error:
+            log.warning(
+                "token.failed", scope=scope, error=error.error, description=error.description
+            )
+        entry.error = error
+        entry.failures += 1
+        backoff = min(self._max_backoff, 2.0 ** (entry.failures - 1))
+        delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311  # jitter, not cryptography
+        entry.retry_at = self._clock() + delay
+        self._schedule(scope, entry, delay)
+        return error
+
+    def _schedule(self, scope: str, entry: _Entry, delay: float) -> None:
+        if self._closed:
+            return
+        if entry.timer is not None:
+            entry.timer.cancel()
+        entry.timer = asyncio.get_running_loop().call_later(delay, self._start, scope, entry)
+
+    def _unavailable(self, error: TokenError, retry_after: float) -> TokenUnavailable:
+        return TokenUnavailable(
+            "the identity provider did not issue a token",
+            entra_error=error.error,
+            entra_description=error.description,
+            entra_codes=error.codes,
+            retry_after=max(1.0, retry_after),
+        )
