@@ -155,7 +155,13 @@ async def check(config: Config, out: TextIO) -> int:
             return "ERROR timeout: no answer from the identity provider"
         return f"ok, expires in {round(token.lifetime)} s"
 
-    results = dict(zip(pairs, await asyncio.gather(*(one(i, s) for i, s in pairs)), strict=True))
+    try:
+        results = dict(
+            zip(pairs, await asyncio.gather(*(one(i, s) for i, s in pairs)), strict=True)
+        )
+    finally:
+        for provider in providers.values():
+            provider.close()
     rows = [("ROUTE", "UPSTREAM", "SCOPE", "IDENTITY", "TOKEN")]
     rows += [
         (r.name, r.upstream, r.scope, r.identity, results[(r.identity, r.scope)])
@@ -163,7 +169,10 @@ async def check(config: Config, out: TextIO) -> int:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + row[4], file=out)
+        print(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4],
+            file=out,
+        )
     return 0 if all(v.startswith("ok") for v in results.values()) else 1
 
 

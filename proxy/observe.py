@@ -68,9 +68,15 @@ def _redact_exception(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def configure(
-    level: str = "info", *, stream: TextIO | None = None, json: bool | None = None
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    cache: bool = True,
 ) -> None:
-    """Send structlog and stdlib logs to ``stream`` (stderr), JSON unless it is a terminal."""
+    """Send structlog and stdlib logs to ``stream`` (stderr), JSON unless it is a terminal.
+
+    ``cache=False`` lets a later call reconfigure loggers already used (tests do that)."""
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
@@ -97,7 +103,7 @@ def configure(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(

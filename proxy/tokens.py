@@ -98,6 +98,14 @@ class _NoStoreCache(msal.TokenCache):  # type: ignore[misc]  # msal is untyped
         return None
 
 
+class _NoHttpCache(dict[Any, Any]):
+    """MSAL's ``http_cache`` remembers error responses and replays them (its throttling) for
+    seconds to a minute; the cache wrapper backs off on its own, so nothing is remembered here."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        return None
+
+
 class MsalProvider:
     """Client-credentials tokens for one identity from MSAL, run in a worker thread."""
 
@@ -121,6 +129,7 @@ class MsalProvider:
                     instance_discovery=self._identity.instance_discovery,
                     http_client=_PinnedSession(self._outbound),
                     token_cache=_NoStoreCache(),
+                    http_cache=_NoHttpCache(),
                 )
             return self._app
 
@@ -130,6 +139,8 @@ class MsalProvider:
         except requests.RequestException as e:
             # The exception text names the URL and the cause, never the form data.
             raise TokenError("authority_unreachable", _describe(e)) from None
+        except msal.exceptions.MsalServiceError as e:  # an HTTP error without Entra's JSON (5xx)
+            raise TokenError("service_unavailable", str(e.args[0]) if e.args else "") from None
         except ValueError as e:  # MSAL's way to say the authority or its metadata is wrong
             raise TokenError("authority_invalid", str(e)) from None
         return result
@@ -150,6 +161,13 @@ class MsalProvider:
 
     def invalidate(self, token: Token) -> None:
         return None
+
+    def close(self) -> None:
+        """Close the HTTP session MSAL uses (its pooled connections to Entra ID)."""
+        with self._build_lock:
+            if self._app is not None:
+                self._app.http_client.close()
+                self._app = None
 
 
 def _describe(e: requests.RequestException) -> str:
@@ -273,6 +291,9 @@ class CachingProvider:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        close = getattr(self._inner, "close", None)
+        if callable(close):
+            close()
 
     def _start(self, scope: str, entry: _Entry) -> asyncio.Task[Token | TokenError]:
         if entry.task is None:

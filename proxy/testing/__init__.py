@@ -1,0 +1,32 @@
+"""Local servers for testing the proxy without the network: an HTTPS identity provider
+that speaks Microsoft Entra ID's v2 endpoints, and an echo upstream.
+
+Both are real aiohttp servers bound to loopback only. Needs the ``testing`` extra
+(trustme, PyJWT with cryptography)::
+
+    ca = LocalCA()
+    async with IdentityProvider(ca) as idp, EchoUpstream() as upstream:
+        ...  # authority f"{idp.authority_host}/{idp.tenant}", upstream at upstream.url
+"""
+
+from proxy.testing.ca import LocalCA
+from proxy.testing.echo import GZIP_BODY, EchoUpstream, Received, pattern, pattern_sha256
+from proxy.testing.idp import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    IdentityProvider,
+    TokenRequest,
+)
+
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "GZIP_BODY",
+    "EchoUpstream",
+    "IdentityProvider",
+    "LocalCA",
+    "Received",
+    "TokenRequest",
+    "pattern",
+    "pattern_sha256",
+]

@@ -1,0 +1,40 @@
+"""A throwaway certificate authority for the local HTTPS servers."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+
+class LocalCA:
+    """Throwaway CA (trustme) for 127.0.0.1/localhost."""
+
+    def __init__(self) -> None:
+        # Lazy: trustme is only in the `testing` extra.
+        import trustme
+
+        self._ca = trustme.CA()
+        self._server_cert = self._ca.issue_cert("127.0.0.1", "localhost", "::1")
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The CA certificate in PEM form."""
+        return self._ca.cert_pem.bytes()
+
+    def write_ca_file(self, path: Path | str) -> Path:
+        """Write the CA certificate (PEM) to path and return the path."""
+        path = Path(path)
+        path.write_bytes(self.cert_pem)
+        return path
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server context presenting a certificate for 127.0.0.1, localhost and ::1."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_cert.configure_cert(context)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this CA and nothing else."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies host name and chain
+        self._ca.configure_trust(context)
+        return context

@@ -1,0 +1,139 @@
+"""Shared fixtures: a local HTTPS identity provider, echo upstreams and a running proxy.
+
+Everything is a real server on 127.0.0.1; nothing in MSAL or aiohttp is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import Config, from_dict
+from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
+
+SECRET = "test-secret-Zq8~xK2"
+CLIENT = "test-client"
+
+
+@pytest.fixture(scope="session")
+def ca() -> LocalCA:
+    return LocalCA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ca.write_ca_file(tmp_path_factory.mktemp("ca") / "ca.pem")
+
+
+@pytest.fixture
+async def idp(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
+    async with IdentityProvider(ca, clients={CLIENT: SECRET}) as server:
+        yield server
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[EchoUpstream]:
+    async with EchoUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def tls_echo(ca: LocalCA) -> AsyncIterator[EchoUpstream]:
+    async with EchoUpstream(ssl_context=ca.server_context()) as server:
+        yield server
+
+
+@dataclass
+class Proxy:
+    url: str
+    config: Config
+    app: web.Application
+
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+
+
+def config_dict(
+    idp: IdentityProvider, ca_file: Path | None, routes: list[dict[str, Any]], **tables: Any
+) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "identities": {
+            "default": {
+                "tenant_id": idp.tenant,
+                "client_id": CLIENT,
+                "client_secret": SECRET,
+                "authority_host": idp.authority_host,
+            }
+        },
+        "routes": routes,
+        "outbound": {"ca_file": str(ca_file)} if ca_file else {},
+        "tokens": {"prefetch": False},
+    }
+    for key, value in tables.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return raw
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+@pytest.fixture
+async def start_proxy(
+    idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
+) -> AsyncIterator[StartProxy]:
+    """Start a proxy; by default one route /echo -> the echo upstream, identity -> ``idp``."""
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        routes: list[dict[str, Any]] | None = None,
+        *,
+        ca: Path | bool | None = True,
+        env: Mapping[str, str] | None = None,
+        raw: dict[str, Any] | None = None,
+        **tables: Any,
+    ) -> Proxy:
+        if routes is None:
+            routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
+        ca_path = ca_file if ca is True else (ca or None)
+        data = raw if raw is not None else config_dict(idp, ca_path, routes, **tables)
+        config = from_dict(data, env or {}, base_dir=Path.cwd())
+        app = create_app(config)
+        runner, url = await serve_app(app)
+        runners.append(runner)
+        return Proxy(url, config, app)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+async def raw_exchange(url: str, request: bytes, *, wait: float = 10) -> bytes:
+    """Send ``request`` bytes as they are and read until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(-1), wait)
+    finally:
+        writer.close()

@@ -1,0 +1,94 @@
+"""Logs: one access event per request, and never a token, a secret or a query string."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+import structlog
+
+from proxy import observe
+from proxy.testing import EchoUpstream, IdentityProvider
+
+from .conftest import SECRET, StartProxy
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    observe.configure("debug", stream=stream, json=True, cache=False)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def events(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+async def test_access_event_fields(
+    captured: io.StringIO, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy()
+    async with client.post(f"{proxy.url}/echo/a/b?x=1", data=b"12345") as resp:
+        body = await resp.read()
+        request_id = resp.headers["x-ms-client-request-id"]
+    async with client.get(f"{proxy.url}/echo/again") as resp:
+        await resp.read()
+    access = [e for e in events(captured) if e["event"] == "request"]
+    assert len(access) == 2
+    first, second = access
+    assert first["path"] == "/echo/a/b"
+    assert (first["method"], first["status"], first["route"]) == ("POST", 200, "echo")
+    assert first["request_id"] == request_id
+    assert (first["bytes_in"], first["bytes_out"]) == (5, len(body))
+    assert (first["token"], second["token"]) == ("entra", "cache")
+    for key in ("duration_ms", "upstream_ms", "token_wait_ms"):
+        assert isinstance(first[key], float)
+
+
+async def test_no_secret_token_or_query_in_logs(
+    captured: io.StringIO,
+    start_proxy: StartProxy,
+    echo: EchoUpstream,
+    idp: IdentityProvider,
+    client: aiohttp.ClientSession,
+) -> None:
+    """At debug level, everything logged is searched for the secret, the tokens and queries."""
+    proxy = await start_proxy()
+    query = "sig=Q7uery-Secret-Value"
+    headers = {"Authorization": "Bearer client-token-XYZ", "Cookie": "c=Cookie-Value"}
+    async with client.get(f"{proxy.url}/echo/x?{query}", headers=headers) as resp:
+        assert resp.status == 200
+    async with client.get(f"{proxy.url}/nothing?{query}") as resp:
+        assert resp.status == 404
+    idp.fail_with("invalid_client")
+    bad = await start_proxy(tokens={"prefetch": True})
+    async with client.get(f"{bad.url}/echo/y?{query}") as resp:
+        assert resp.status == 503
+    tokens = [
+        v.removeprefix("Bearer ")
+        for r in echo.requests
+        for k, v in r.headers
+        if k.lower() == "authorization"
+    ]
+    assert tokens
+    logged = captured.getvalue()
+    assert "request" in logged
+    for needle in [SECRET, *tokens, "Q7uery-Secret-Value", "client-token-XYZ", "Cookie-Value"]:
+        assert needle not in logged, needle
+
+
+def test_redact_shapes() -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl"
+    assert observe.redact_text(f"got {jwt} here") == "got [redacted] here"
+    assert (
+        observe.redact_text("Authorization: Bearer abc.def") == "Authorization: Bearer [redacted]"
+    )
+    assert observe.redact_text("client_secret=hunter2&x=1") == "client_secret=[redacted]&x=1"
+    assert observe.redact({"client_secret": "x", "n": 1}) == {"client_secret": "[redacted]", "n": 1}
+    assert observe.redact([["Cookie", "a=b"], ["X", "y"]]) == [["Cookie", "[redacted]"], ["X", "y"]]
