@@ -14,8 +14,9 @@ from aiohttp import web
 from .config import Config
 from .errors import TokenUnavailable
 from .forward import Forwarder
+from .identity import MsalProvider
 from .routing import RouteTable
-from .tokens import CachingProvider, MsalProvider, TokenProvider
+from .tokens import CachingProvider, TokenProvider
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 PROVIDERS = web.AppKey("providers", dict[str, TokenProvider])

@@ -21,7 +21,8 @@ from . import __version__, observe
 from .app import create_app
 from .config import Config, from_dict, load
 from .errors import ConfigError
-from .tokens import MsalProvider, TokenError
+from .identity import MsalProvider
+from .tokens import TokenError
 
 log = structlog.get_logger("proxy")
 DEFAULT_CONFIG = "proxy.toml"

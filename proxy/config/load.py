@@ -1,0 +1,93 @@
+"""``load``: read TOML, interpolate, validate every section, raise one ConfigError."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from ..errors import ConfigError
+from .identities import parse_identities
+from .model import Config, OutboundConfig, ServerConfig, TokensConfig
+from .parse import Problems, get, interpolate, only, table
+from .routes import parse_routes
+
+
+def load(path: Path | str, env: Mapping[str, str]) -> Config:
+    """Read and validate the TOML file at ``path``; relative paths in it are relative to it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return loads(text, env, base_dir=path.parent)
+
+
+def loads(text: str, env: Mapping[str, str], *, base_dir: Path | None = None) -> Config:
+    """Parse and validate configuration text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax: {e}"]) from None
+    return from_dict(raw, env, base_dir=base_dir or Path.cwd())
+
+
+def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path) -> Config:
+    """Validate an already-parsed configuration mapping."""
+    p = Problems()
+    raw = interpolate(raw, env, "", p)
+    only(raw, {"server", "outbound", "tokens", "identities", "routes"}, "", p)
+    server = _server(table(raw, "server", p), p)
+    outbound = _outbound(table(raw, "outbound", p), base_dir, p)
+    tokens = _tokens(table(raw, "tokens", p), p)
+    identities = parse_identities(raw.get("identities"), env, p)
+    routes = parse_routes(raw.get("routes"), identities, p)
+    if p.items:
+        raise ConfigError(p.items)
+    return Config(server, outbound, tokens, identities, routes)
+
+
+def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
+    only(t, {"host", "port"}, "server", p)
+    host = get(t, "host", str, "server", p, ServerConfig().host)
+    port = get(t, "port", int, "server", p, ServerConfig().port)
+    if not 0 <= port <= 65535:
+        p.add("server.port", f"must be between 0 and 65535, got {port}")
+    if not host:
+        p.add("server.host", "must not be empty")
+    return ServerConfig(host, port)
+
+
+def _outbound(t: Mapping[str, Any], base_dir: Path, p: Problems) -> OutboundConfig:
+    only(t, {"ca_file", "connect_timeout", "read_timeout", "proxy"}, "outbound", p)
+    ca = get(t, "ca_file", str, "outbound", p, None)
+    ca_file = None
+    if ca:
+        ca_file = (base_dir / ca).resolve()
+        if not ca_file.is_file():
+            p.add("outbound.ca_file", f"no such file: {ca}")
+    timeouts = []
+    for key in ("connect_timeout", "read_timeout"):
+        value = get(t, key, float, "outbound", p, getattr(OutboundConfig(), key))
+        if value <= 0:
+            p.add(f"outbound.{key}", "must be a positive number of seconds")
+        timeouts.append(value)
+    proxy = get(t, "proxy", str, "outbound", p, None) or None
+    if proxy is not None:
+        url = URL(proxy)
+        if url.scheme not in ("http", "https") or not url.host:
+            p.add("outbound.proxy", "must be an http:// or https:// URL with a host")
+    return OutboundConfig(ca_file, timeouts[0], timeouts[1], proxy)
+
+
+def _tokens(t: Mapping[str, Any], p: Problems) -> TokensConfig:
+    only(t, {"wait_timeout", "prefetch"}, "tokens", p)
+    wait = get(t, "wait_timeout", float, "tokens", p, TokensConfig().wait_timeout)
+    if wait <= 0:
+        p.add("tokens.wait_timeout", "must be a positive number of seconds")
+    return TokensConfig(wait, get(t, "prefetch", bool, "tokens", p, TokensConfig().prefetch))

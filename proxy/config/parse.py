@@ -1,0 +1,93 @@
+"""Building blocks for validation: the problem list, ``${VAR}`` interpolation, typed getters.
+
+Every check reports into one :class:`Problems` so that a bad file yields one error listing
+every problem by key path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SECRET_KEYS = frozenset({"client_secret"})
+
+
+class _FromEnv(str):
+    """A string that took a value from the environment: error messages never show it."""
+
+    __slots__ = ()
+
+
+def show(value: object) -> str:
+    """``value`` for an error message; values from the environment may be secrets."""
+    return "(value from the environment)" if isinstance(value, _FromEnv) else f"{value!r:.80}"
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.unset: set[str] = set()  # keys whose ${VAR} was missing: one message is enough
+
+    def add(self, path: str, message: str) -> None:
+        if path not in self.unset:
+            self.items.append(f"{path}: {message}")
+
+    def missing_variable(self, path: str, name: str) -> None:
+        self.add(path, f"environment variable {name} is not set")
+        self.unset.add(path)
+
+
+def interpolate(value: Any, env: Mapping[str, str], path: str, p: Problems) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in env:
+                p.missing_variable(path, m.group(1))
+                return ""
+            return env[m.group(1)]
+
+        replaced = _VAR.sub(sub, value)
+        return _FromEnv(replaced) if replaced != value else replaced
+    if isinstance(value, Mapping):
+        return {k: interpolate(v, env, join(path, k), p) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}[{i}]", p) for i, v in enumerate(value)]
+    return value
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def only(table: Mapping[str, Any], allowed: set[str], path: str, p: Problems) -> None:
+    for key in table:
+        if key not in allowed:
+            p.add(join(path, key), f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+def table(raw: Mapping[str, Any], key: str, p: Problems) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        p.add(key, "must be a table")
+        return {}
+    return value
+
+
+def get(t: Mapping[str, Any], key: str, kind: type, path: str, p: Problems, default: Any) -> Any:
+    if key not in t:
+        return default
+    value = t[key]
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        shown = "" if key in SECRET_KEYS else f", got {show(value)}"
+        p.add(join(path, key), f"must be {_KIND_NAMES[kind]}{shown}")
+        return default
+    return value
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

@@ -1,0 +1,117 @@
+"""The [[routes]] array: presets, prefixes, upstreams and scopes."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from yarl import URL
+
+from .. import presets
+from .model import IdentityConfig, RouteConfig
+from .parse import NAME, Problems, get, only, show
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (an ``http://`` upstream is allowed only there)."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_ROUTE_KEYS = {"name", "prefix", "upstream", "scope", "identity", "strip_prefix", "preset"}
+
+
+def parse_routes(
+    raw: Any, identities: Mapping[str, IdentityConfig], p: Problems
+) -> tuple[RouteConfig, ...]:
+    if raw is None:
+        raw = [{"preset": name} for name in presets.DEFAULT_ROUTE_PRESETS]
+    if not isinstance(raw, list) or not raw:
+        p.add("routes", "must be a non-empty array of tables, written [[routes]]")
+        return ()
+    routes: list[RouteConfig] = []
+    for i, t in enumerate(raw):
+        path = f"routes[{i}]"
+        if not isinstance(t, Mapping):
+            p.add(path, "must be a table")
+            continue
+        only(t, _ROUTE_KEYS, path, p)
+        route = _route(t, path, identities, p)
+        if route is not None:
+            routes.append(route)
+    for field_name in ("name", "prefix"):
+        seen: dict[str, int] = {}
+        for i, r in enumerate(routes):
+            value = getattr(r, field_name)
+            if value in seen:
+                p.add(
+                    f"routes[{i}].{field_name}", f"{value!r} is also used by routes[{seen[value]}]"
+                )
+            seen.setdefault(value, i)
+    return tuple(routes)
+
+
+def _route(
+    t: Mapping[str, Any], path: str, identities: Mapping[str, IdentityConfig], p: Problems
+) -> RouteConfig | None:
+    preset_name = get(t, "preset", str, path, p, None)
+    preset = presets.Preset(None, None)
+    if preset_name is not None:
+        if preset_name not in presets.PRESETS:
+            choices = ", ".join(presets.PRESETS)
+            p.add(f"{path}.preset", f"unknown preset {preset_name!r} (choose from: {choices})")
+        preset = presets.PRESETS.get(preset_name, preset)
+    name = get(t, "name", str, path, p, preset_name or "")
+    if not name:
+        p.add(f"{path}.name", "is required (or give a preset)")
+    elif not NAME.match(name):
+        p.add(f"{path}.name", "must be letters, digits, '_', '.' or '-'")
+    prefix = get(t, "prefix", str, path, p, f"/{name}")
+    if not prefix.startswith("/") or "?" in prefix or "#" in prefix or "//" in prefix:
+        p.add(f"{path}.prefix", f"must be a path starting with '/', got {show(prefix)}")
+    prefix = prefix.rstrip("/") or "/"
+    upstream = get(t, "upstream", str, path, p, preset.upstream or "")
+    if not upstream:
+        p.add(f"{path}.upstream", "is required" + (" for this preset" if preset_name else ""))
+    else:
+        upstream = _check_upstream(upstream, f"{path}.upstream", p)
+    scope = get(t, "scope", str, path, p, preset.scope or "")
+    if not scope and upstream:
+        scope = presets.default_scope(upstream)
+    if "scope" in t and not scope:
+        p.add(f"{path}.scope", "must not be empty")
+    identity = get(t, "identity", str, path, p, "")
+    if not identity:
+        if len(identities) == 1:
+            identity = next(iter(identities))
+        elif len(identities) > 1:
+            p.add(f"{path}.identity", f"is required: there are {len(identities)} identities")
+    elif identities and identity not in identities:
+        p.add(f"{path}.identity", f"no identity named {identity!r} in [identities]")
+    strip = get(t, "strip_prefix", bool, path, p, True)
+    return RouteConfig(name, prefix, upstream, scope, identity, strip)
+
+
+def _check_upstream(upstream: str, path: str, p: Problems) -> str:
+    try:
+        url = URL(upstream)
+    except ValueError:
+        p.add(path, f"not a URL: {show(upstream)}")
+        return upstream
+    if url.scheme not in ("http", "https") or not url.host:
+        p.add(path, f"must be an https:// URL, got {show(upstream)}")
+    elif url.scheme == "http" and not is_loopback(url.host):
+        p.add(
+            path,
+            "http:// only for a loopback host: a token never crosses a network in clear",
+        )
+    if url.user or url.password or url.raw_query_string or url.raw_fragment:
+        p.add(path, "must not hold user info, a query or a fragment")
+    return upstream.rstrip("/")
