@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from .identities import parse_identities
 from .model import Config, OutboundConfig, ServerConfig, TokensConfig
 from .parse import Problems, get, interpolate, only, table
+from .route_options import str_list
 from .routes import parse_routes
 
 
@@ -52,19 +53,49 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path)
     return Config(server, outbound, tokens, identities, routes)
 
 
+_SERVER_KEYS = {
+    "host",
+    "port",
+    "allowed_hosts",
+    "allow_anonymous_remote",
+    "drain_delay",
+    "shutdown_timeout",
+    "workers",
+}
+
+
 def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
-    only(t, {"host", "port"}, "server", p)
-    host = get(t, "host", str, "server", p, ServerConfig().host)
-    port = get(t, "port", int, "server", p, ServerConfig().port)
+    only(t, _SERVER_KEYS, "server", p)
+    d = ServerConfig()
+    host = get(t, "host", str, "server", p, d.host)
+    port = get(t, "port", int, "server", p, d.port)
     if not 0 <= port <= 65535:
         p.add("server.port", f"must be between 0 and 65535, got {port}")
     if not host:
         p.add("server.host", "must not be empty")
-    return ServerConfig(host, port)
+    allowed = str_list(t, "allowed_hosts", "server", p)
+    anonymous = get(t, "allow_anonymous_remote", bool, "server", p, d.allow_anonymous_remote)
+    drain = get(t, "drain_delay", float, "server", p, d.drain_delay)
+    if drain < 0:
+        p.add("server.drain_delay", "must be 0 or more seconds")
+    shutdown = get(t, "shutdown_timeout", float, "server", p, d.shutdown_timeout)
+    if shutdown < 0:
+        p.add("server.shutdown_timeout", "must be 0 or more seconds")
+    workers = get(t, "workers", int, "server", p, d.workers)
+    if workers < 1:
+        p.add("server.workers", f"must be 1 or more, got {workers}")
+    return ServerConfig(
+        host, port, tuple(h.lower() for h in allowed), anonymous, drain, shutdown, workers
+    )
 
 
 def _outbound(t: Mapping[str, Any], base_dir: Path, p: Problems) -> OutboundConfig:
-    only(t, {"ca_file", "connect_timeout", "read_timeout", "proxy"}, "outbound", p)
+    only(
+        t,
+        {"ca_file", "connect_timeout", "read_timeout", "proxy", "replay_body_bytes"},
+        "outbound",
+        p,
+    )
     ca = get(t, "ca_file", str, "outbound", p, None)
     ca_file = None
     if ca:
@@ -82,7 +113,10 @@ def _outbound(t: Mapping[str, Any], base_dir: Path, p: Problems) -> OutboundConf
         url = URL(proxy)
         if url.scheme not in ("http", "https") or not url.host:
             p.add("outbound.proxy", "must be an http:// or https:// URL with a host")
-    return OutboundConfig(ca_file, timeouts[0], timeouts[1], proxy)
+    replay = get(t, "replay_body_bytes", int, "outbound", p, OutboundConfig().replay_body_bytes)
+    if replay < 0:
+        p.add("outbound.replay_body_bytes", "must be 0 or more")
+    return OutboundConfig(ca_file, timeouts[0], timeouts[1], proxy, replay)
 
 
 def _tokens(t: Mapping[str, Any], p: Problems) -> TokensConfig:

@@ -9,6 +9,7 @@ from pathlib import Path
 from yarl import URL
 
 from .. import presets
+from .route_options import RouteEdits, RouteLimits, RoutePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,11 @@ class Secret:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback ones
+    allow_anonymous_remote: bool = False  # bind a non-loopback address without [access]
+    drain_delay: float = 0.0  # seconds between "not ready" and closing the listener
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,7 @@ class OutboundConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     proxy: str | None = None
+    replay_body_bytes: int = 65536  # bodies up to this size are kept to retry once after a 401
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,10 @@ class RouteConfig:
     scope: str
     identity: str
     strip_prefix: bool = True
+    port: int | None = None  # a listener of its own: every path there goes to this route
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
+    limits: RouteLimits = field(default_factory=RouteLimits)
+    edits: RouteEdits = field(default_factory=RouteEdits)
 
     @property
     def upstream_origin(self) -> str:

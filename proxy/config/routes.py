@@ -11,6 +11,7 @@ from yarl import URL
 from .. import presets
 from .model import IdentityConfig, RouteConfig
 from .parse import NAME, Problems, get, only, show
+from .route_options import OPTION_KEYS, parse_edits, parse_limits, parse_policy
 
 
 def is_loopback(host: str | None) -> bool:
@@ -25,7 +26,16 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-_ROUTE_KEYS = {"name", "prefix", "upstream", "scope", "identity", "strip_prefix", "preset"}
+_ROUTE_KEYS = {
+    "name",
+    "prefix",
+    "upstream",
+    "scope",
+    "identity",
+    "strip_prefix",
+    "preset",
+    "port",
+} | OPTION_KEYS
 
 
 def parse_routes(
@@ -96,7 +106,21 @@ def _route(
     elif identities and identity not in identities:
         p.add(f"{path}.identity", f"no identity named {identity!r} in [identities]")
     strip = get(t, "strip_prefix", bool, path, p, True)
-    return RouteConfig(name, prefix, upstream, scope, identity, strip)
+    port = get(t, "port", int, path, p, None)
+    if port is not None and not 1 <= port <= 65535:
+        p.add(f"{path}.port", f"must be between 1 and 65535, got {port}")
+    return RouteConfig(
+        name,
+        prefix,
+        upstream,
+        scope,
+        identity,
+        strip,
+        port,
+        parse_policy(t, path, p),
+        parse_limits(t, path, p),
+        parse_edits(t, path, p),
+    )
 
 
 def _check_upstream(upstream: str, path: str, p: Problems) -> str:

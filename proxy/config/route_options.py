@@ -1,0 +1,150 @@
+"""Per-route options beyond the target: access policy, upstream limits, and header/URL edits.
+
+Each group is its own frozen dataclass so that a feature reads only its own settings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .parse import Problems, get, show
+
+_TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
+_PROTECTED_HEADERS = frozenset({"authorization", "host"})
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """Who may do what on a route (issue: gateway security)."""
+
+    methods: frozenset[str] | None = None  # None: every method
+    allow_paths: tuple[str, ...] = ()  # glob patterns on the path after the prefix
+    deny_paths: tuple[str, ...] = ()
+    max_body_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLimits:
+    """How hard the proxy may push the upstream."""
+
+    max_concurrency: int | None = None  # None: unlimited
+    max_queue: int = 100
+    queue_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEdits:
+    """Header and URL edits, for tools that cannot be changed."""
+
+    set_request_headers: Mapping[str, str] = field(default_factory=dict)
+    remove_request_headers: frozenset[str] = frozenset()
+    set_response_headers: Mapping[str, str] = field(default_factory=dict)
+    remove_response_headers: frozenset[str] = frozenset()
+    default_query: Mapping[str, str] = field(default_factory=dict)
+    rewrite_links: bool = False
+    rewrite_max_bytes: int = 8 * 1024 * 1024
+
+
+POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes"}
+LIMIT_KEYS = {"max_concurrency", "max_queue", "queue_timeout"}
+EDIT_KEYS = {
+    "set_request_headers",
+    "remove_request_headers",
+    "set_response_headers",
+    "remove_response_headers",
+    "default_query",
+    "rewrite_links",
+    "rewrite_max_bytes",
+}
+OPTION_KEYS = POLICY_KEYS | LIMIT_KEYS | EDIT_KEYS
+
+
+def str_list(t: Mapping[str, Any], key: str, path: str, p: Problems) -> tuple[str, ...]:
+    value = t.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        p.add(f"{path}.{key}", "must be an array of strings")
+        return ()
+    return tuple(value)
+
+
+def str_map(t: Mapping[str, Any], key: str, path: str, p: Problems) -> dict[str, str]:
+    value = t.get(key, {})
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        p.add(f"{path}.{key}", 'must be a table of strings, e.g. { Name = "value" }')
+        return {}
+    return dict(value)
+
+
+def _positive_int(t: Mapping[str, Any], key: str, path: str, p: Problems) -> int | None:
+    value = get(t, key, int, path, p, None)
+    if value is not None and value <= 0:
+        p.add(f"{path}.{key}", f"must be a positive integer, got {value}")
+        return None
+    return value  # type: ignore[no-any-return]
+
+
+def _header_names(names: tuple[str, ...], key: str, path: str, p: Problems) -> frozenset[str]:
+    for name in names:
+        if not _TOKEN_CHARS.match(name):
+            p.add(f"{path}.{key}", f"{show(name)} is not a header name")
+        elif name.lower() in _PROTECTED_HEADERS:
+            p.add(f"{path}.{key}", f"{name} cannot be changed this way")
+    return frozenset(n.lower() for n in names)
+
+
+def _headers(t: Mapping[str, Any], key: str, path: str, p: Problems) -> dict[str, str]:
+    headers = str_map(t, key, path, p)
+    _header_names(tuple(headers), key, path, p)
+    for name, value in headers.items():
+        if any(c in value for c in "\r\n\0"):
+            p.add(f"{path}.{key}.{name}", "must not contain line breaks or NUL")
+    return headers
+
+
+def parse_policy(t: Mapping[str, Any], path: str, p: Problems) -> RoutePolicy:
+    methods = None
+    if "methods" in t:
+        names = str_list(t, "methods", path, p)
+        for m in names:
+            if not _TOKEN_CHARS.match(m):
+                p.add(f"{path}.methods", f"{show(m)} is not an HTTP method")
+        methods = frozenset(m.upper() for m in names)
+        if not methods:
+            p.add(f"{path}.methods", "must name at least one method (leave it out to allow all)")
+    return RoutePolicy(
+        methods,
+        str_list(t, "allow_paths", path, p),
+        str_list(t, "deny_paths", path, p),
+        _positive_int(t, "max_body_bytes", path, p),
+    )
+
+
+def parse_limits(t: Mapping[str, Any], path: str, p: Problems) -> RouteLimits:
+    default = RouteLimits()
+    max_queue = get(t, "max_queue", int, path, p, default.max_queue)
+    if max_queue < 0:
+        p.add(f"{path}.max_queue", "must be 0 or more")
+    queue_timeout = get(t, "queue_timeout", float, path, p, default.queue_timeout)
+    if queue_timeout <= 0:
+        p.add(f"{path}.queue_timeout", "must be a positive number of seconds")
+    return RouteLimits(_positive_int(t, "max_concurrency", path, p), max_queue, queue_timeout)
+
+
+def parse_edits(t: Mapping[str, Any], path: str, p: Problems) -> RouteEdits:
+    default = RouteEdits()
+    return RouteEdits(
+        _headers(t, "set_request_headers", path, p),
+        _header_names(
+            str_list(t, "remove_request_headers", path, p), "remove_request_headers", path, p
+        ),
+        _headers(t, "set_response_headers", path, p),
+        _header_names(
+            str_list(t, "remove_response_headers", path, p), "remove_response_headers", path, p
+        ),
+        str_map(t, "default_query", path, p),
+        get(t, "rewrite_links", bool, path, p, default.rewrite_links),
+        _positive_int(t, "rewrite_max_bytes", path, p) or default.rewrite_max_bytes,
+    )
