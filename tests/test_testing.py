@@ -284,3 +284,115 @@ async def test_echo_counts_slow_handlers_cancelled_by_the_client(upstream: EchoU
             break
         await asyncio.sleep(0.01)
     assert (upstream.cancelled, upstream.in_flight) == (1, 0)
+
+
+# -- client assertions, checked the way Entra checks them --
+
+
+def _assertion(idp: IdentityProvider, key_pem: bytes, x5t: str, **overrides: Any) -> dict[str, str]:
+    import time as _time
+
+    now = int(_time.time())
+    claims = {
+        "aud": f"{idp.authority_host}/{idp.tenant}/oauth2/v2.0/token",
+        "iss": "cert-app",
+        "sub": "cert-app",
+        "jti": "j",
+        "iat": now,
+        "exp": now + 600,
+        **overrides,
+    }
+    assertion = jwt.encode(claims, key_pem, algorithm="RS256", headers={"x5t": x5t})
+    return {
+        "grant_type": "client_credentials",
+        "client_id": "cert-app",
+        "scope": POWERAPPS_SCOPE,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "error", "code"),
+    [
+        ({}, 200, None, None),
+        ({"exp": 1000, "iat": 400}, 401, "invalid_client", 700024),
+        ({"aud": "https://login.microsoftonline.com/x/oauth2/v2.0/token"}, 401, "invalid_client",
+         700023),
+        ({"iss": "other-app"}, 401, "invalid_client", 700021),
+    ],
+)  # fmt: skip
+async def test_certificate_assertions_are_checked_like_entra(
+    idp: IdentityProvider,
+    ca: LocalCA,
+    overrides: dict[str, Any],
+    status: int,
+    error: str | None,
+    code: int | None,
+) -> None:
+    from proxy.testing.credentials import ClientCertificate
+
+    cert = ClientCertificate()
+    idp.certificates["cert-app"] = [cert.cert_pem]
+
+    got, body = await _post_token(idp, ca, _assertion(idp, cert.key_pem(), cert.x5t, **overrides))
+
+    assert got == status
+    if error is None:
+        assert idp.verify(body["access_token"])["appid"] == "cert-app"
+    else:
+        assert (body["error"], body["error_codes"]) == (error, [code])
+
+
+async def test_assertion_signed_by_another_key_fails_signature_validation(
+    idp: IdentityProvider, ca: LocalCA
+) -> None:
+    from proxy.testing.credentials import ClientCertificate
+
+    registered, other = ClientCertificate(), ClientCertificate()
+    idp.certificates["cert-app"] = [registered.cert_pem]
+
+    status, body = await _post_token(idp, ca, _assertion(idp, other.key_pem(), registered.x5t))
+
+    assert (status, body["error"], body["error_codes"]) == (401, "invalid_client", [700027])
+    assert "signature validation" in body["error_description"]
+
+
+async def test_user_realm_lookup_answers_managed_for_known_domains(
+    idp: IdentityProvider, ca: LocalCA
+) -> None:
+    idp.users["a@contoso.test"] = "pw"
+    async with aiohttp.ClientSession() as session:
+        known = await (
+            await session.get(
+                f"{idp.authority_host}/common/userrealm/b@contoso.test?api-version=1.0",
+                ssl=ca.client_context(),
+            )
+        ).json()
+        unknown = await (
+            await session.get(
+                f"{idp.authority_host}/common/userrealm/b@other.test?api-version=1.0",
+                ssl=ca.client_context(),
+            )
+        ).json()
+
+    assert (known["account_type"], unknown["account_type"]) == ("Managed", "Unknown")
+    assert idp.realm_lookups == ["b@contoso.test", "b@other.test"]
+
+
+async def test_managed_identity_endpoint_requires_its_header(idp: IdentityProvider) -> None:
+    from proxy.testing.msi import ManagedIdentityEndpoint
+
+    async with (
+        ManagedIdentityEndpoint(idp) as msi,
+        aiohttp.ClientSession() as session,
+    ):
+        params = {"api-version": "2019-08-01", "resource": "https://service.powerapps.com/"}
+        async with session.get(msi.url, params=params) as refused:
+            assert refused.status == 401
+        headers = {"X-IDENTITY-HEADER": msi.header}
+        async with session.get(msi.url, params=params, headers=headers) as response:
+            body = await response.json()
+
+    assert idp.verify(body["access_token"])["aud"] == "https://service.powerapps.com/"
+    assert [r.header_ok for r in msi.requests] == [False, True]

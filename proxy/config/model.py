@@ -9,7 +9,9 @@ from pathlib import Path
 from yarl import URL
 
 from .. import presets
+from .access import AccessConfig
 from .route_options import RouteEdits, RouteLimits, RoutePolicy
+from .tap import TapConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,40 @@ class OutboundConfig:
     read_timeout: float = 120.0
     proxy: str | None = None
     replay_body_bytes: int = 65536  # bodies up to this size are kept to retry once after a 401
+    # HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY as read at load (keys lower-case).
+    proxy_env: Mapping[str, str] = field(default_factory=dict)
+
+    def proxy_for(self, url: str) -> str | None:
+        """The outbound proxy for ``url``: ``proxy`` when set, else the environment's, unless
+        NO_PROXY exempts the host. Decided once per upstream, never per request."""
+        if self.proxy is not None:
+            return self.proxy
+        parsed = URL(url)
+        env = self.proxy_env
+        chosen = env.get(f"{parsed.scheme}_proxy") or env.get("all_proxy")
+        if not chosen or parsed.host is None:
+            return None
+        if _no_proxy(parsed.host, parsed.port, env.get("no_proxy", "")):
+            return None
+        return chosen
+
+
+def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether NO_PROXY exempts host[:port]: "*", or an entry equal to the host or a domain
+    suffix of it (".example.com" and "example.com" alike), optionally with a port."""
+    host = host.lower().strip("[]")
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.strip("[]").lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +91,37 @@ class TokensConfig:
 
 @dataclass(frozen=True, slots=True)
 class IdentityConfig:
+    """One identity; exactly one credential form is set (checked in config/identities.py)."""
+
     name: str
     tenant_id: str
     client_id: str
-    client_secret: Secret
+    client_secret: Secret | None = None
     authority_host: str = presets.DEFAULT_AUTHORITY_HOST
+    cloud: str = presets.DEFAULT_CLOUD
+    client_secret_file: Path | None = None  # first line, re-read for every token request
+    certificate_path: Path | None = None  # PEM (key and certificate) or PFX/PKCS#12
+    certificate_password: Secret | None = None
+    send_certificate_chain: bool = False  # Subject Name/Issuer authentication (x5c)
+    username: str | None = None
+    password: Secret | None = None
+    password_file: Path | None = None  # first line, re-read for every token request
+    managed_identity: tuple[str, str] | None = None  # ("system", "") or ("client_id", id) ...
+    federated_token_file: Path | None = None  # re-read for every token request
+    literal_secrets: tuple[str, ...] = ()  # key paths whose secret is written in the file
+
+    @property
+    def kind(self) -> str:
+        """client_secret, certificate, username_password, managed_identity or workload_identity."""
+        if self.certificate_path is not None:
+            return "certificate"
+        if self.username is not None:
+            return "username_password"
+        if self.managed_identity is not None:
+            return "managed_identity"
+        if self.federated_token_file is not None:
+            return "workload_identity"
+        return "client_secret"
 
     @property
     def authority(self) -> str:
@@ -95,3 +157,5 @@ class Config:
     tokens: TokensConfig = TokensConfig()
     identities: Mapping[str, IdentityConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
+    access: AccessConfig = field(default_factory=AccessConfig)
+    tap: TapConfig = field(default_factory=TapConfig)

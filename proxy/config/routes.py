@@ -56,10 +56,12 @@ def parse_routes(
         route = _route(t, path, identities, p)
         if route is not None:
             routes.append(route)
-    for field_name in ("name", "prefix"):
+    for field_name in ("name", "prefix", "port"):
         seen: dict[str, int] = {}
         for i, r in enumerate(routes):
             value = getattr(r, field_name)
+            if value is None:
+                continue
             if value in seen:
                 p.add(
                     f"routes[{i}].{field_name}", f"{value!r} is also used by routes[{seen[value]}]"
@@ -77,7 +79,8 @@ def _route(
         if preset_name not in presets.PRESETS:
             choices = ", ".join(presets.PRESETS)
             p.add(f"{path}.preset", f"unknown preset {preset_name!r} (choose from: {choices})")
-        preset = presets.PRESETS.get(preset_name, preset)
+        # Presets follow the cloud of the route's identity (hosts and audiences differ).
+        preset = presets.preset_for(preset_name, _identity_cloud(t, identities)) or preset
     name = get(t, "name", str, path, p, preset_name or "")
     if not name:
         p.add(f"{path}.name", "is required (or give a preset)")
@@ -121,6 +124,16 @@ def _route(
         parse_limits(t, path, p),
         parse_edits(t, path, p),
     )
+
+
+def _identity_cloud(t: Mapping[str, Any], identities: Mapping[str, IdentityConfig]) -> str:
+    """The cloud of the identity a route names, or of the only identity."""
+    name = t.get("identity")
+    if isinstance(name, str) and name in identities:
+        return identities[name].cloud
+    if "identity" not in t and len(identities) == 1:
+        return next(iter(identities.values())).cloud
+    return presets.DEFAULT_CLOUD
 
 
 def _check_upstream(upstream: str, path: str, p: Problems) -> str:

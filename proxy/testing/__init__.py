@@ -9,7 +9,10 @@ Both are real aiohttp servers bound to loopback only. Needs the ``testing`` extr
         ...  # authority f"{idp.authority_host}/{idp.tenant}", upstream at upstream.url
 """
 
+from proxy.testing._assertions import Federation
+from proxy.testing.bap import AdminApplications
 from proxy.testing.ca import LocalCA
+from proxy.testing.credentials import ClientCertificate, WorkloadIssuer
 from proxy.testing.echo import GZIP_BODY, EchoUpstream, Received, pattern, pattern_sha256
 from proxy.testing.idp import (
     DEFAULT_CLIENT_ID,
@@ -17,16 +20,22 @@ from proxy.testing.idp import (
     IdentityProvider,
     TokenRequest,
 )
+from proxy.testing.msi import ManagedIdentityEndpoint
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
     "GZIP_BODY",
+    "AdminApplications",
+    "ClientCertificate",
     "EchoUpstream",
+    "Federation",
     "IdentityProvider",
     "LocalCA",
+    "ManagedIdentityEndpoint",
     "Received",
     "TokenRequest",
+    "WorkloadIssuer",
     "pattern",
     "pattern_sha256",
 ]

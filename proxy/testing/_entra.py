@@ -33,6 +33,7 @@ class EntraError:
     error: str
     code: int
     description: str
+    retry_after: str | None = None  # sent as the Retry-After header when set
 
 
 def check_client_credentials(
@@ -77,7 +78,7 @@ def check_client_credentials(
         )
     if not _same(secret, expected_secret):
         return EntraError(401, "invalid_client", 7000215, DESCRIPTIONS[7000215])
-    return _check_scope(scope)
+    return check_scope(scope)
 
 
 def error_body(
@@ -135,7 +136,7 @@ def _missing(field: str) -> EntraError:
     )
 
 
-def _check_scope(scope: str) -> EntraError | None:
+def check_scope(scope: str) -> EntraError | None:
     """Client credentials take exactly one ``{resource}/.default`` scope."""
     if not scope:
         return EntraError(

@@ -60,6 +60,17 @@ class LocalServer:
         if runner is not None:
             await runner.cleanup()
 
+    async def go_down(self) -> None:
+        """Simulate an outage: stop serving and drop every connection (clients get
+        "connection refused"); state such as recorded requests is kept."""
+        await self.close()
+
+    async def come_up(self) -> None:
+        """End an outage: serve again on the same port."""
+        if self._bound_port is not None:
+            self._port = self._bound_port
+        await self.start()
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
