@@ -5,10 +5,20 @@
     ConfigError                  bad configuration; never reaches HTTP
     ProxyError                   answered to the client as JSON {"error": code, "message": ...}
     ├── NoRoute                  404 no_route
+    ├── PayloadTooLarge          413 payload_too_large (the route's max_body_bytes)
+    ├── ExpectationFailed        417 expectation_failed (an Expect other than 100-continue)
     ├── BadRequest               400 bad_request
     ├── TokenUnavailable         503 token_unavailable (+ Entra's error code and description)
     ├── UpstreamUnreachable      502 upstream_unreachable
-    └── UpstreamTimeout          504 upstream_timeout
+    ├── UpstreamTimeout          504 upstream_timeout
+    ├── UpstreamBusy             503 upstream_busy (the route's max_concurrency queue is full)
+    ├── Unauthenticated          401 unauthenticated (+ WWW-Authenticate): no or a wrong key
+    ├── Forbidden                403 forbidden: the access client may not use this route or method
+    │   ├── HostNotAllowed       403 host_not_allowed: Host not allowed (DNS rebinding)
+    │   ├── CrossSiteRequest     403 cross_site_request: a browser page from another site
+    │   └── PathNotAllowed       403 path_not_allowed: the route's allow_paths/deny_paths
+    ├── MethodNotAllowed         405 method_not_allowed (+ Allow): the route's methods
+    └── NotProxied               501 not_implemented: Upgrade (WebSockets) and TRACE
 
 Messages are written for the client: they never hold a token, a secret, a query string or the
 ``repr()`` of an aiohttp client error (which contains the request headers).
@@ -59,6 +69,16 @@ class NoRoute(ProxyError):
     code = "no_route"
 
 
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
+    code = "expectation_failed"
+
+
 class BadRequest(ProxyError):
     status = 400
     code = "bad_request"
@@ -72,6 +92,20 @@ class UpstreamUnreachable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamBusy(ProxyError):
+    """The route's concurrency cap is reached and its queue is full or the wait was too long."""
+
+    status = 503
+    code = "upstream_busy"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class TokenUnavailable(ProxyError):
@@ -108,6 +142,53 @@ class TokenUnavailable(ProxyError):
     def headers(self) -> dict[str, str]:
         retry = 5 if self.retry_after is None else max(1, math.ceil(self.retry_after))
         return {"Retry-After": str(retry)}
+
+
+class Unauthenticated(ProxyError):
+    """[access] is on and the request carries no key, or a wrong one (RFC 9110 §15.5.2)."""
+
+    status = 401
+    code = "unauthenticated"
+
+    def headers(self) -> dict[str, str]:
+        # Basic too, so tools that only do Basic know to send the key as the password.
+        return {"WWW-Authenticate": 'Bearer realm="ppproxy", Basic realm="ppproxy"'}
+
+
+class Forbidden(ProxyError):
+    status = 403
+    code = "forbidden"
+
+
+class HostNotAllowed(Forbidden):
+    code = "host_not_allowed"
+
+
+class CrossSiteRequest(Forbidden):
+    code = "cross_site_request"
+
+
+class PathNotAllowed(Forbidden):
+    code = "path_not_allowed"
+
+
+class MethodNotAllowed(ProxyError):
+    """The route's ``methods`` policy; ``Allow`` lists what it takes (RFC 9110 §15.5.6)."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: Sequence[str]) -> None:
+        super().__init__(message)
+        self.allow = tuple(allow)
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}
+
+
+class NotProxied(ProxyError):
+    status = 501
+    code = "not_implemented"
 
 
 def to_response(error: ProxyError, *, request_id: str | None = None) -> web.Response:

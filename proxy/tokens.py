@@ -42,11 +42,19 @@ class Token:
 class TokenError(Exception):
     """Entra ID (or the way to it) refused or failed to give a token."""
 
-    def __init__(self, error: str, description: str = "", codes: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str = "",
+        codes: Sequence[int] = (),
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{error}: {description}" if description else error)
         self.error = error
         self.description = description
         self.codes = tuple(codes)
+        self.retry_after = retry_after  # the identity provider's Retry-After, in seconds
 
 
 class TokenProvider(Protocol):
@@ -79,6 +87,9 @@ class _Entry:
         self.failures = 0
         self.retry_at = 0.0
         self.last_refresh: float | None = None
+        # Counters for metrics: token requests by result, and errors by Entra's error code.
+        self.successes = 0
+        self.errors: dict[str, int] = {}
 
 
 def refresh_lead(lifetime: float) -> float:
@@ -111,6 +122,7 @@ class CachingProvider:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._closed = False
+        self.built_from: object = None  # what the owner built this from (to reuse on reload)
 
     def __repr__(self) -> str:
         return f"CachingProvider({self._inner!r}, scopes={list(self._entries)!r})"
@@ -145,6 +157,10 @@ class CachingProvider:
         """Start fetching tokens for ``scopes`` without waiting for them."""
         for scope in scopes:
             self._start(scope, self._entries.setdefault(scope, _Entry()))
+
+    def counts(self) -> Mapping[str, tuple[int, Mapping[str, int]]]:
+        """Per scope: successful token requests, and failed ones by error code."""
+        return {scope: (e.successes, dict(e.errors)) for scope, e in self._entries.items()}
 
     def status(self) -> Mapping[str, ScopeStatus]:
         now = self._clock()
@@ -193,6 +209,7 @@ class CachingProvider:
             entry.task = None
         entry.token, entry.cached = token, replace(token, source="cache")
         entry.error, entry.failures, entry.last_refresh = None, 0, time.time()
+        entry.successes += 1
         log.info("token.refreshed", scope=scope, expires_in=round(token.lifetime))
         self._schedule(scope, entry, max(0.0, token.lifetime - refresh_lead(token.lifetime)))
         return token
@@ -204,8 +221,11 @@ class CachingProvider:
             )
         entry.error = error
         entry.failures += 1
+        entry.errors[error.error] = entry.errors.get(error.error, 0) + 1
         backoff = min(self._max_backoff, 2.0 ** (entry.failures - 1))
         delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311  # jitter, not cryptography
+        if error.retry_after is not None:  # the identity provider asked for a pause: honour it
+            delay = max(delay, min(error.retry_after, 3600.0))
         entry.retry_at = self._clock() + delay
         self._schedule(scope, entry, delay)
         return error

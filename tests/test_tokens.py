@@ -13,7 +13,7 @@ import pytest
 
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
-from .conftest import SECRET, StartProxy
+from .conftest import CLIENT, SECRET, StartProxy
 from .forward_proxy import ConnectProxy
 
 SCOPE_A = "https://a.example/.default"
@@ -210,14 +210,14 @@ async def test_https_proxy_environment_honoured(
     tls_echo: EchoUpstream,
     idp: IdentityProvider,
     client: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Outbound traffic to Entra and the upstream goes through HTTPS_PROXY."""
     async with ConnectProxy() as corp:
-        monkeypatch.setenv("HTTPS_PROXY", corp.url)
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        proxy = await start_proxy([{"name": "t", "prefix": "/t", "upstream": tls_echo.url}])
+        # The environment given to the configuration loader (the CLI passes os.environ).
+        env = {"HTTPS_PROXY": corp.url}
+        proxy = await start_proxy(
+            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}], env=env
+        )
         async with client.get(f"{proxy.url}/t/x") as resp:
             assert resp.status == 200
     idp_port = idp.authority_host.rsplit(":", 1)[1]
@@ -229,12 +229,12 @@ async def test_no_proxy_environment_honoured(
     start_proxy: StartProxy,
     tls_echo: EchoUpstream,
     client: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with ConnectProxy() as corp:
-        monkeypatch.setenv("HTTPS_PROXY", corp.url)
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        proxy = await start_proxy([{"name": "t", "prefix": "/t", "upstream": tls_echo.url}])
+        env = {"HTTPS_PROXY": corp.url, "no_proxy": "localhost,127.0.0.1"}
+        proxy = await start_proxy(
+            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}], env=env
+        )
         async with client.get(f"{proxy.url}/t/x") as resp:
             assert resp.status == 200
     assert corp.tunnels == []
@@ -244,14 +244,38 @@ async def test_outbound_proxy_setting(
     start_proxy: StartProxy,
     tls_echo: EchoUpstream,
     client: aiohttp.ClientSession,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """outbound.proxy sends everything through the named proxy, whatever the environment says."""
-    monkeypatch.setenv("NO_PROXY", "*")
     async with ConnectProxy() as corp:
         proxy = await start_proxy(
-            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}], outbound={"proxy": corp.url}
+            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}],
+            outbound={"proxy": corp.url},
+            env={"NO_PROXY": "*", "HTTPS_PROXY": "http://127.0.0.1:9"},
         )
         async with client.get(f"{proxy.url}/t/x") as resp:
             assert resp.status == 200
     assert len(corp.tunnels) >= 2
+
+
+async def test_environment_and_netrc_read_only_through_the_config(
+    start_proxy: StartProxy,
+    tls_echo: EchoUpstream,
+    idp: IdentityProvider,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A proxy variable in the process environment that the configuration did not get, and a
+    ~/.netrc entry for the identity provider and upstream hosts, change nothing: no request goes
+    to the dead proxy, no netrc credentials replace the client's or the route's token."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-password\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    proxy = await start_proxy([{"name": "t", "prefix": "/t", "upstream": tls_echo.url}], env={})
+    async with client.get(f"{proxy.url}/t/x") as resp:
+        assert resp.status == 200
+    auth = dict((k.lower(), v) for k, v in tls_echo.requests[-1].headers)["authorization"]
+    assert auth.startswith("Bearer ey")
+    assert idp.requests[-1].client_id == CLIENT

@@ -1,0 +1,67 @@
+"""The request body on its way upstream: streamed, size-capped, and kept when small enough to
+send again (one retry after an upstream 401 needs the body twice)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import StreamReader, web
+
+from .errors import BadRequest, PayloadTooLarge
+
+BodyData = bytes | AsyncIterator[bytes] | StreamReader | None
+
+
+@dataclass(slots=True)
+class RequestBody:
+    data: BodyData
+    replayable: bool  # whole in memory (or absent): can be sent a second time
+    content_length: str | None  # what goes upstream as Content-Length (None: chunked)
+    too_large: bool = False  # set when a streamed body went past max_body_bytes
+
+
+async def prepare(request: web.Request, *, replay_limit: int, max_bytes: int | None) -> RequestBody:
+    """Read at most ``replay_limit`` bytes ahead; stream the rest, enforcing ``max_bytes``."""
+    if not request.body_exists:
+        return RequestBody(None, True, None)
+    content = request.content
+    declared = request.content_length
+    if declared is not None:
+        if max_bytes is not None and declared > max_bytes:
+            raise PayloadTooLarge(f"the body is {declared} bytes; this route takes {max_bytes}")
+        if declared <= replay_limit:
+            try:
+                data = await content.readexactly(declared)
+            except Exception:  # IncompleteReadError: the client sent less than it declared
+                raise BadRequest("the body is shorter than its Content-Length") from None
+            return RequestBody(data, True, str(declared))
+        return RequestBody(content, False, str(declared))
+    # Chunked: no length up front. Keep what fits in the replay buffer, stream the rest.
+    buffered = bytearray()
+    while len(buffered) <= replay_limit:
+        chunk = await content.readany()
+        if not chunk:
+            if max_bytes is not None and len(buffered) > max_bytes:
+                raise PayloadTooLarge(f"the body is over {max_bytes} bytes, this route's limit")
+            return RequestBody(bytes(buffered), True, str(len(buffered)))
+        buffered += chunk
+    body = RequestBody(None, False, None)
+    body.data = _rest(bytes(buffered), content, max_bytes, body)
+    return body
+
+
+async def _rest(
+    first: bytes, content: StreamReader, max_bytes: int | None, body: RequestBody
+) -> AsyncIterator[bytes]:
+    sent = len(first)
+    if max_bytes is not None and sent > max_bytes:
+        body.too_large = True
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes, this route's limit")
+    yield first
+    async for chunk in content.iter_any():
+        sent += len(chunk)
+        if max_bytes is not None and sent > max_bytes:
+            body.too_large = True
+            raise PayloadTooLarge(f"the body is over {max_bytes} bytes, this route's limit")
+        yield chunk
