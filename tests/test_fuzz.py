@@ -1,0 +1,277 @@
+"""Property and fuzz tests for the guard: bounded in examples and time, loopback only.
+
+- For every path the hygiene rules accept, the URL sent upstream has the route's scheme, host
+  and port, and stays under the upstream's base path.
+- Raw request bytes thrown at a running proxy never crash it: no 500, no unhandled exception
+  logged, and every answer is a well-formed HTTP response or a clean close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import posixpath
+import re
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from aiohttp.http_exceptions import HttpProcessingError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy import guard
+from proxy.config import from_dict
+from proxy.errors import ProxyError
+from proxy.routing import RouteTable
+from proxy.testing import EchoUpstream
+
+from .conftest import Proxy, StartProxy
+
+# --- property: accepted paths stay on the route's upstream ----------------------------------
+
+ROUTES = [
+    {"name": "a", "prefix": "/a", "upstream": "https://a.example"},
+    {"name": "b", "prefix": "/b/c", "upstream": "https://b.example:8443/base/v1"},
+    {"name": "k", "prefix": "/k", "upstream": "https://k.example/api", "strip_prefix": False},
+    {"name": "root", "prefix": "/", "upstream": "http://127.0.0.1:9/root"},
+]
+TABLE = RouteTable(
+    from_dict(
+        {
+            "identities": {"i": {"tenant_id": "t", "client_id": "c", "client_secret": "s"}},
+            "routes": ROUTES,
+        },
+        {},
+        base_dir=Path(),
+    ).routes
+)
+HOST = CIMultiDict(Host="localhost")
+
+# Pieces an attacker would reach for: separators, dots, escapes of them, authority markers.
+_PIECES = st.sampled_from(
+    [
+        *("/", "//", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "@", ":", "?", "#", ";", "%"),
+        *("%25", "%40", "%3a", "%3f", "a", "b", "c", "k", "evil.example", "%00", "%zz", "%c0%ae"),
+    ]
+)
+_PATHS = st.tuples(
+    st.sampled_from(["", "/a", "/b/c", "/k", "/b", "/a/", "/b/c/"]),
+    st.lists(_PIECES | st.text(max_size=3), max_size=12).map("".join),
+).map("".join)
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(target=_PATHS)
+def test_accepted_paths_stay_on_the_route_upstream(target: str) -> None:
+    try:
+        guard.check_request("GET", target, HOST)
+    except ProxyError:
+        return
+    matched = TABLE.match(target)
+    assert matched is not None  # the "/" route takes everything
+    upstream = URL(matched.route.upstream)
+    url = matched.url
+    assert (url.scheme, url.host, url.port) == (upstream.scheme, upstream.host, upstream.port)
+    assert not url.user
+    assert not url.password
+    assert not url.raw_fragment
+    # Also the base path: however the upstream resolves dot segments, it stays below it.
+    base = upstream.raw_path.rstrip("/") + "/"
+    assert (url.raw_path + "/").startswith(base)
+    resolved = posixpath.normpath(unquote(url.raw_path)) + "/"
+    assert resolved.replace("//", "/").startswith(base), (target, url)
+
+
+# --- fuzz: raw bytes at a running proxy ---------------------------------------------------
+
+KEY = "ppk_fuzz-key"
+METHODS = ["GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE", "PATCH", "CONNECT", "TRACE"]
+TARGETS = [
+    "/echo/x",
+    "/ro/x",
+    "/echo/%2e%2e/x",
+    "*",
+    "http://evil.example/",
+    "evil.example:443",
+    "//x",
+    "/_proxy/readyz",
+    "/_proxy/livez",
+    "/_proxy/x",
+    "/",
+]
+HEADER_NAMES = [
+    "Host",
+    "Origin",
+    "Sec-Fetch-Site",
+    "Upgrade",
+    "Connection",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Expect",
+    "X-Api-Key",
+    "Authorization",
+    "Cookie",
+    "x-ms-client-request-id",
+]
+HEADER_VALUES = [
+    "localhost",
+    "evil.example",
+    "[::1]:1",
+    "null",
+    "cross-site",
+    "websocket",
+    "upgrade",
+    "close",
+    "chunked",
+    "0",
+    "5",
+    "-1",
+    "100-continue",
+    KEY,
+    f"Bearer {KEY}",
+    "Basic OmtleQ==",
+    "Basic !!",
+]
+_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
+
+
+# Plausible paths: what the guard lets through, so the forwarder and the policy get fuzzed too.
+_SAFE_PATHS = st.tuples(
+    st.sampled_from(["/echo", "/ro", "/_proxy", "/"]),
+    st.lists(
+        st.sampled_from(["/", "a", "x", "%20", "%41", "%E2%82%AC", ";m=1", "..x", ".h", "+", "~"]),
+        max_size=8,
+    ).map("".join),
+    st.sampled_from(["", "?", "?a=1&b=%2F", "?$filter=x%20eq%201"]),
+).map("".join)
+
+
+@st.composite
+def http_requests(draw: st.DrawFn) -> bytes:
+    """A request line and headers, mostly plausible, sometimes odd, now and then damaged."""
+    plausible = draw(st.booleans())
+    if plausible:
+        method = draw(st.sampled_from(METHODS))
+        target = draw(st.sampled_from(TARGETS) | _SAFE_PATHS)
+        version = "HTTP/1.1"
+    else:
+        method = draw(st.sampled_from(METHODS) | _TEXT)
+        target = draw(st.sampled_from(TARGETS) | _PATHS | _TEXT)
+        version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 x", ""]))
+    names = st.sampled_from(HEADER_NAMES) | _TEXT
+    values = st.sampled_from(HEADER_VALUES) | _TEXT
+    headers = draw(st.lists(st.tuples(names, values), max_size=6))
+    if plausible or draw(st.booleans()):
+        headers.insert(0, ("Host", "localhost"))
+    body = draw(st.binary(max_size=40))
+    lines = [f"{method} {target} {version}", *(f"{n}: {v}" for n, v in headers)]
+    if plausible or draw(st.booleans()):
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    if plausible:
+        return raw
+    # Damage it: flip a byte, cut it short, or splice in raw noise.
+    damage = draw(st.sampled_from(["none", "flip", "cut", "noise"]))
+    if damage == "flip" and raw:
+        i = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:i] + bytes([raw[i] ^ draw(st.integers(1, 255))]) + raw[i + 1 :]
+    elif damage == "cut":
+        raw = raw[: draw(st.integers(0, len(raw)))]
+    elif damage == "noise":
+        i = draw(st.integers(0, len(raw)))
+        raw = raw[:i] + draw(st.binary(min_size=1, max_size=8)) + raw[i:]
+    return raw
+
+
+# aiohttp answers in the version the request line named (HTTP/2.0 too): any X.Y is well-formed.
+_STATUS_LINE = re.compile(rb"^HTTP/[0-9]\.[0-9] ([1-5][0-9][0-9]) [^\r\n]*\r\n", re.MULTILINE)
+
+
+async def exchange(url: str, raw: bytes) -> bytes:
+    """Send ``raw``; read until the proxy closes, or until it waits for more input."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    received = b""
+    try:
+        writer.write(raw)
+        await writer.drain()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.5)
+            except TimeoutError:
+                break  # the proxy waits for the rest of a request: fine
+            if not chunk:
+                break
+            received += chunk
+    except ConnectionResetError:
+        pass  # a clean close as far as the protocol goes
+    finally:
+        writer.close()
+    return received
+
+
+@pytest.fixture
+async def fuzz_proxies(start_proxy: StartProxy, echo: EchoUpstream) -> list[Proxy]:
+    routes = [
+        {"name": "echo", "prefix": "/echo", "upstream": echo.url},
+        {
+            "name": "ro",
+            "prefix": "/ro",
+            "upstream": echo.url,
+            "methods": ["GET"],
+            "deny_paths": ["/x*"],
+            "max_body_bytes": 8,
+        },
+    ]
+    client = {"name": "fuzz", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}
+    return [
+        await start_proxy(routes),
+        await start_proxy(routes, access={"clients": [client]}),
+    ]
+
+
+class _Errors(logging.Handler):
+    """Unhandled exceptions logged by aiohttp; its parser's own 400s are not crashes."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.crashes: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            self.crashes.append(record)
+
+
+@pytest.fixture
+def crashes() -> object:
+    handler = _Errors()
+    logger = logging.getLogger("aiohttp")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@settings(
+    max_examples=400,
+    deadline=timedelta(seconds=5),
+    database=None,
+    # One pair of proxies serves every example: that is the point of the fixture.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(raw=http_requests() | st.binary(max_size=200), which=st.integers(0, 1))
+async def test_fuzz_raw_requests(
+    fuzz_proxies: list[Proxy], crashes: _Errors, raw: bytes, which: int
+) -> None:
+    response = await exchange(fuzz_proxies[which].url, raw)
+    if response:
+        assert _STATUS_LINE.match(response), response[:200]
+        statuses = [int(s) for s in _STATUS_LINE.findall(response)]
+        assert 500 not in statuses, response[:500]
+    assert not crashes.crashes, [r.getMessage() for r in crashes.crashes]
