@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict
 
+from .config.route_options import RouteEdits
+
 # RFC 9110 §7.6.1 and the proxy-specific headers: never forwarded in either direction.
 HOP_BY_HOP = frozenset(
     {
@@ -38,15 +40,26 @@ def _connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 
 def request_headers(
-    incoming: Iterable[tuple[str, str]], *, token: str, request_id: str, content_length: str | None
+    incoming: Iterable[tuple[str, str]],
+    *,
+    token: str,
+    request_id: str,
+    content_length: str | None,
+    edits: RouteEdits | None = None,
 ) -> CIMultiDict[str]:
-    """The headers to send upstream: cleaned, with the token and request id set."""
+    """The headers to send upstream: cleaned, the route's edits applied, the token and request
+    id set (edits can never touch Authorization or Host: the config refuses them)."""
     items = list(incoming)
     drop = _REQUEST_DROP | _connection_named(items)
+    if edits is not None:
+        drop = drop | edits.remove_request_headers
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in items:
         if name.lower() not in drop:
             out.add(name, value)
+    if edits is not None:
+        for name, value in edits.set_request_headers.items():
+            out[name] = value
     if content_length is not None:
         out["Content-Length"] = content_length
     out["Authorization"] = f"Bearer {token}"
@@ -54,12 +67,19 @@ def request_headers(
     return out
 
 
-def response_headers(incoming: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers that may reach the client."""
+def response_headers(
+    incoming: Iterable[tuple[str, str]], *, edits: RouteEdits | None = None
+) -> CIMultiDict[str]:
+    """The upstream's response headers that may reach the client, with the route's edits."""
     items = list(incoming)
     drop = _RESPONSE_DROP | _connection_named(items)
+    if edits is not None:
+        drop = drop | edits.remove_response_headers
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in items:
         if name.lower() not in drop:
             out.add(name, value)
+    if edits is not None:
+        for name, value in edits.set_response_headers.items():
+            out[name] = value
     return out
