@@ -1,0 +1,15 @@
+"""The debugging tap: every exchange captured (redacted, bodies capped) into a ring buffer,
+shown live at ``/_proxy/tap``, exported as HAR at ``/_proxy/tap.har`` and optionally recorded
+to a JSON-lines file.
+
+::
+
+    forward.py hooks ─► store.Tap (capture.Exchange → capture.record, redacted)
+                          ├── ring buffer ─► endpoints (page, SSE, JSON, har.py)
+                          └── recorder.Recorder (JSON lines, rotated)
+"""
+
+from .endpoints import EVENTS, EXCHANGES, HAR, PAGE, install, may_look
+from .store import Tap
+
+__all__ = ["EVENTS", "EXCHANGES", "HAR", "PAGE", "Tap", "install", "may_look"]

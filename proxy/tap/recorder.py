@@ -1,0 +1,109 @@
+"""``[tap] file``: every exchange appended as one JSON line, rotated at a size limit.
+
+Writes happen in a worker thread fed by one background task, so a slow disk never stalls the
+event loop. Rotation is the logrotate scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``,
+the oldest dropped. The file is created readable by its owner only: it holds traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from ..config.tap import TapConfig
+
+log = structlog.get_logger("proxy.tap")
+_BACKLOG = 10_000  # lines waiting for the disk before new ones are dropped (and counted)
+
+
+class Recorder:
+    def __init__(self, config: TapConfig) -> None:
+        assert config.file is not None
+        self.path: Path = config.file
+        self._max_bytes = config.file_max_bytes
+        self._keep = config.file_keep
+        self._queue: asyncio.Queue[bytes | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(_BACKLOG)
+        await asyncio.to_thread(self._open)
+        self._task = asyncio.create_task(self._run(), name="tap-recorder")
+        log.info("tap.recording", file=str(self.path))
+
+    def submit(self, record: dict[str, Any]) -> None:
+        if self._queue is None:
+            return
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            self._queue.put_nowait(line)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def close(self) -> None:
+        """Write what is queued, then close the file."""
+        if self._queue is None or self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._queue = None
+        if self.dropped:
+            log.warning("tap.lines_dropped", file=str(self.path), dropped=self.dropped)
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            lines = [await self._queue.get()]
+            while not self._queue.empty() and lines[-1] is not None:
+                lines.append(self._queue.get_nowait())
+            done = lines[-1] is None
+            batch = [line for line in lines if line is not None]
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except OSError as e:
+                log.error("tap.write_failed", file=str(self.path), error=e.strerror)
+            if done:
+                await asyncio.to_thread(self._close)
+                return
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "ab")
+        self._size = self._file.tell()
+
+    def _write(self, lines: list[bytes]) -> None:
+        for line in lines:
+            if self._size and self._size + len(line) > self._max_bytes:
+                self._rotate()
+            assert self._file is not None
+            self._file.write(line)
+            self._size += len(line)
+        assert self._file is not None
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        self._close()
+        if self._keep == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self._keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None

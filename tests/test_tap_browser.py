@@ -1,0 +1,158 @@
+"""The tap page end to end in headless Chromium from Debian (``/usr/bin/chromium``), driven by
+Playwright for Python. ``.ci/run`` installs the ``chromium`` package; ``playwright install`` is
+never run (its browser downloads are not needed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.testing import EchoUpstream
+
+from .conftest import StartProxy
+
+CHROMIUM = os.environ.get("PPPROXY_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+try:
+    from playwright.async_api import Browser, async_playwright, expect
+except ImportError:  # pragma: no cover - the test extra installs it
+    async_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    pytest.mark.skipif(
+        async_playwright is None, reason="Playwright for Python is not installed (the test extra)"
+    ),
+    pytest.mark.skipif(
+        not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),
+        reason=f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)",
+    ),
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def test_page_shows_live_exchanges_and_detail(
+    start_proxy: StartProxy,
+    echo: EchoUpstream,
+    browser: Browser,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Requests through the proxy appear in the open page without a reload; filters narrow the
+    list; a click opens the detail pane with headers, body and timings. Screenshots are saved
+    under the test's tmp dir (and to $PPPROXY_TAP_SCREENSHOT when set)."""
+    routes = [
+        {"name": name, "prefix": f"/{name}", "upstream": echo.url}
+        for name in ("bap", "powerapps", "dataverse")
+    ]
+    proxy = await start_proxy(routes, tap={"enabled": True})
+    page = await browser.new_page(viewport={"width": 1440, "height": 720})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(f"{proxy.url}/_proxy/tap")
+    await expect(page.locator("#live")).to_have_class("live on", timeout=10_000)
+    await expect(page.locator("#empty")).to_be_visible()
+
+    base = proxy.url
+    calls = [
+        (
+            "GET",
+            "/bap/providers/Microsoft.BusinessAppPlatform/scopes/admin/environments"
+            "?api-version=2020-10-01",
+            None,
+        ),
+        ("GET", "/powerapps/providers/Microsoft.PowerApps/apps?api-version=2016-11-01", None),
+        ("GET", "/dataverse/accounts?$select=name,revenue&$top=3", None),
+        ("POST", "/dataverse/contacts", {"firstname": "Ada", "lastname": "Lovelace"}),
+        ("GET", "/dataverse/_echo/status/429", None),
+        ("PATCH", "/dataverse/contacts(00000000-0000-0000-0000-000000000001)", {"jobtitle": "CTO"}),
+        ("GET", "/flow/providers/Microsoft.ProcessSimple/environments", None),
+        ("GET", "/bap/_echo/bytes/2048", None),
+        ("DELETE", "/dataverse/_echo/status/503", None),
+        ("GET", "/powerapps/providers/Microsoft.PowerApps/apps/42?api-version=2016-11-01", None),
+    ]
+    for method, path, body in calls:
+        async with client.request(method, base + path, json=body) as resp:
+            await resp.read()
+
+    rows = page.locator("#rows tr")
+    await expect(rows).to_have_count(len(calls), timeout=10_000)  # live: no reload
+    await expect(rows.first).to_contain_text("/powerapps/providers/Microsoft.PowerApps/apps/42")
+    await expect(page.locator("#count")).to_contain_text(f"{len(calls)} exchanges")
+
+    # Filters: status class, free text, route.
+    await page.locator("#status button", has_text="4xx").click()
+    await expect(rows).to_have_count(2)  # the 429 and the 404 no_route
+    await page.locator("#status button", has_text="All").click()
+    await page.locator("#q").fill("contacts")
+    await expect(rows).to_have_count(2)
+    await page.locator("#q").fill("")
+    await page.locator("#route").select_option("bap")
+    await expect(rows).to_have_count(2)
+    await page.locator("#route").select_option("")
+    await expect(rows).to_have_count(len(calls))
+
+    # A click opens the detail pane.
+    await expect(page.locator("#detail")).to_be_hidden()
+    await rows.filter(has_text="/dataverse/contacts").filter(has_text="POST").click()
+    detail = page.locator("#detail")
+    await expect(detail).to_be_visible()
+    await expect(page.locator("#d-target")).to_have_text("/dataverse/contacts")
+    await expect(page.locator("#d-body")).to_contain_text("Upstream time to first byte")
+    await expect(page.locator("#d-body")).to_contain_text("appid")
+    await page.screenshot(path=str(tmp_path / "tap-overview.png"))
+
+    # Keyboard: 2 shows the request, 3 the response; Esc closes; j/k move the selection.
+    await page.keyboard.press("2")
+    await expect(page.locator("#d-body")).to_contain_text("Headers sent upstream")
+    await expect(page.locator("#d-body pre.body")).to_contain_text('"firstname": "Ada"')
+    await expect(page.locator("#d-body")).to_contain_text("[redacted]")  # Authorization
+    await page.keyboard.press("3")
+    await expect(page.locator("#d-body pre.body")).to_contain_text('"method": "POST"')
+    await expect(page.locator("#d-body .j-k").first).to_be_visible()  # JSON highlighted
+    await page.screenshot(path=str(tmp_path / "tap-response.png"))
+    await page.keyboard.press("j")
+    await expect(page.locator("#d-target")).to_have_text(
+        "/dataverse/accounts?$select=name,revenue&$top=3"
+    )
+    await page.keyboard.press("1")
+    await page.screenshot(path=str(tmp_path / "tap.png"))
+    await page.keyboard.press("Escape")
+    await expect(detail).to_be_hidden()
+
+    # The binary download shows as size and type only.
+    await rows.filter(has_text="/bap/_echo/bytes/2048").click()
+    await page.keyboard.press("3")
+    await expect(page.locator("#d-body .binary")).to_contain_text(
+        "2.0 KiB of application/octet-stream"
+    )
+
+    token = dict((k.lower(), v) for k, v in echo.requests[0].headers)["authorization"][7:]
+    assert token.split(".")[2] not in await page.content()
+    assert problems == []
+    target = os.environ.get("PPPROXY_TAP_SCREENSHOT")
+    if target:
+        shutil.copyfile(tmp_path / "tap.png", target)
