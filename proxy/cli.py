@@ -10,18 +10,20 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 from aiohttp import web
 
-from . import __version__, observe
-from .app import create_app
-from .config import Config, from_dict, load
+from . import __version__, admin, guard, observe, workers
+from .access import new_key
+from .app import CONFIG, STATE, create_app
+from .app import reload as reload_app
+from .config import Config, ServerConfig, from_dict, load
 from .errors import ConfigError
-from .identity import MsalProvider
+from .identity import MsalProvider, warn_about_literal_secrets
 from .tokens import TokenError
 
 log = structlog.get_logger("proxy")
@@ -47,31 +49,68 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help=config_help)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--tap", action="store_true", help="turn the debugging tap on (page at /_proxy/tap)"
+    )
+    serve.add_argument(
+        "--tap-file",
+        type=Path,
+        metavar="PATH",
+        help="record every exchange as JSON lines (implies --tap)",
+    )
     check = sub.add_parser("check", parents=[common], help="get a token for every route")
     check.add_argument("--config", type=Path, help=config_help)
     demo = sub.add_parser(
         "demo", parents=[common], help="run a local identity provider, upstream and proxy"
     )
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default: 8080)")
+    demo.add_argument("--tap", action="store_true", help="turn the debugging tap on")
+    sub.add_parser("keygen", help="print a new client key and its key_sha256 for [access]")
+    admin.add_commands(sub, common, config_help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = os.environ if env is None else env
+    if args.command == "keygen":
+        return keygen(sys.stdout, sys.stderr)
     observe.configure(args.log_level)
     if args.command == "demo":
-        return _demo(args.port)
+        return _demo(args.port, tap=args.tap)
+    source = ConfigSource(
+        args.config,
+        getattr(args, "host", None),
+        getattr(args, "port", None),
+        getattr(args, "tap", False),
+        getattr(args, "tap_file", None),
+    )
     try:
-        config = _load(args.config, env)
-        if args.command == "serve":
-            config = _override(config, host=args.host, port=args.port)
+        config = source.load(env) if args.command == "serve" else _load(args.config, env)
     except ConfigError as e:
         print(f"ppproxy: {e.render()}", file=sys.stderr)
         return 2
     if args.command == "check":
         return asyncio.run(check(config, sys.stdout))
-    return serve(config)
+    if args.command in ("token", "register-app"):
+        return admin.run(args, config, sys.stdout, sys.stderr)
+    return serve(config, log_level=args.log_level, source=source)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where `serve`'s configuration comes from: read again on SIGHUP (also by workers)."""
+
+    path: Path | None
+    host: str | None = None
+    port: int | None = None
+    tap: bool = False
+    tap_file: Path | None = None
+
+    def load(self, env: Mapping[str, str]) -> Config:
+        config = _load(self.path, env)
+        config = _override(config, host=self.host, port=self.port)
+        return _with_tap(config, on=self.tap, file=self.tap_file)
 
 
 def _load(path: Path | None, env: Mapping[str, str]) -> Config:
@@ -79,7 +118,9 @@ def _load(path: Path | None, env: Mapping[str, str]) -> Config:
         path = Path(DEFAULT_CONFIG)
     if path is None:
         return from_dict({}, env, base_dir=Path.cwd())
-    return load(path, env)
+    config = load(path, env)
+    warn_about_literal_secrets(path, config.identities)
+    return config
 
 
 def _override(config: Config, *, host: str | None, port: int | None) -> Config:
@@ -93,10 +134,46 @@ def _override(config: Config, *, host: str | None, port: int | None) -> Config:
     return replace(config, server=server)
 
 
-def serve(config: Config, *, on_ready: Callable[[str], Awaitable[None]] | None = None) -> int:
+def _with_tap(config: Config, *, on: bool, file: Path | None) -> Config:
+    """``--tap`` and ``--tap-file`` over ``[tap]``; a recording file needs the tap on."""
+    if not on and file is None:
+        return config
+    if file is not None and not file.resolve().parent.is_dir():
+        raise ConfigError([f"--tap-file: no such folder: {file.resolve().parent}"])
+    tap = replace(
+        config.tap, enabled=True, file=config.tap.file if file is None else file.resolve()
+    )
+    return replace(config, tap=tap)
+
+
+def serve(
+    config: Config,
+    *,
+    on_ready: Callable[[str], Awaitable[None]] | None = None,
+    log_level: str = "info",
+    source: ConfigSource | None = None,
+) -> int:
     """Run the proxy until SIGINT or SIGTERM; the exit code."""
+    problem = guard.exposure_problem(config)
+    if problem is not None:
+        print(f"ppproxy: {problem}", file=sys.stderr)
+        return 2
+    warning = guard.anonymous_warning(config)
+    if warning is not None:
+        log.warning("server.anonymous_remote", warning=f"WARNING: {warning}")
     try:
-        asyncio.run(run(create_app(config), config.server.host, config.server.port, on_ready))
+        if config.server.workers > 1:
+            if config.server.port == 0 or any(r.port == 0 for r in config.routes):
+                print("ppproxy: server.workers > 1 needs fixed ports, not 0", file=sys.stderr)
+                return 2
+            if workers.supported():
+                return workers.serve(config, log_level, config.server.workers, source)
+            log.warning(
+                "server.workers_unsupported",
+                message="this platform cannot share a port between processes; one process serves",
+            )
+        reloader = None if source is None else lambda: source.load(os.environ)
+        asyncio.run(run(create_app(config), config.server, on_ready, reload=reloader))
     except KeyboardInterrupt:  # Windows delivers Ctrl+C this way
         pass
     except OSError as e:
@@ -109,30 +186,93 @@ def serve(config: Config, *, on_ready: Callable[[str], Awaitable[None]] | None =
 
 async def run(
     app: web.Application,
-    host: str,
-    port: int,
+    server: ServerConfig,
     on_ready: Callable[[str], Awaitable[None]] | None = None,
+    *,
+    reuse_port: bool = False,
+    reload: Callable[[], Config] | None = None,
 ) -> None:
-    """Serve ``app`` on host:port until a stop signal."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    """Serve ``app`` until a stop signal, then shut down gracefully.
+
+    On SIGTERM/SIGINT: readiness turns 503 at once, the listener stays open for
+    ``drain_delay`` (load balancers notice), then closes; in-flight requests get
+    ``shutdown_timeout`` to finish.
+    """
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=server.shutdown_timeout,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
         address = _address(runner.addresses[0])
         log.info("server.listening", address=address)
+        for route in app[CONFIG].routes:
+            if route.port is not None:  # the route's own listener: no prefix needed there
+                await web.TCPSite(
+                    runner, server.host, route.port, reuse_port=reuse_port or None
+                ).start()
+                log.info(
+                    "server.listening",
+                    address=_address((server.host, route.port)),
+                    route=route.name,
+                )
         if on_ready is not None:
             await on_ready(address)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+        if reload is not None and hasattr(signal, "SIGHUP"):  # POSIX: SIGHUP reloads
+
+            def on_hup() -> None:
+                task = asyncio.ensure_future(_reload(app, reload))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Not available on Windows: there Ctrl+C arrives as KeyboardInterrupt instead.
             with contextlib.suppress(NotImplementedError, AttributeError):
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("server.stopping")
+        app[STATE].draining = True
+        log.info("server.draining", drain_delay=server.drain_delay)
+        await asyncio.sleep(server.drain_delay)
+        log.info("server.stopping", shutdown_timeout=server.shutdown_timeout)
     finally:
         await runner.cleanup()
+        log.info("server.stopped")
+
+
+def keygen(out: TextIO, err: TextIO) -> int:
+    """Print a new client key and its key_sha256; the key is not kept anywhere."""
+    key, digest = new_key()
+    print(f"key: {key}", file=out)
+    print(f"key_sha256: {digest}", file=out)
+    print(
+        "Give the key to the client (X-Api-Key, Authorization: Bearer, or the Basic password) "
+        "and put key_sha256 into its [[access.clients]] table. The key is not shown again.",
+        file=err,
+    )
+    return 0
+
+
+async def _reload(app: web.Application, load_config: Callable[[], Config]) -> None:
+    """SIGHUP: read the configuration again; a bad one is rejected and the old one serves on."""
+    log.info("config.reloading")
+    try:
+        new = load_config()
+    except ConfigError as e:
+        log.error("config.reload_rejected", problems=list(e.problems))
+        return
+    refused = await reload_app(app, new)
+    if refused:
+        log.error("config.reload_rejected", problems=refused)
+    else:
+        log.info("config.reloaded", routes=[r.name for r in new.routes])
 
 
 def _address(sockname: Any) -> str:
@@ -177,7 +317,7 @@ async def check(config: Config, out: TextIO) -> int:
     return 0 if all(v.startswith("ok") for v in results.values()) else 1
 
 
-def _demo(port: int) -> int:
+def _demo(port: int, *, tap: bool = False) -> int:
     try:
         from . import testing
     except ImportError:
@@ -185,10 +325,10 @@ def _demo(port: int) -> int:
             "ppproxy demo needs the testing extra: pip install 'ppproxy[testing]'", file=sys.stderr
         )
         return 2
-    return asyncio.run(_run_demo(testing, port))
+    return asyncio.run(_run_demo(testing, port, tap))
 
 
-async def _run_demo(testing: Any, port: int) -> int:
+async def _run_demo(testing: Any, port: int, tap: bool = False) -> int:
     ca = testing.LocalCA()
     with tempfile.TemporaryDirectory(prefix="ppproxy-demo-") as tmp:
         ca_file = ca.write_ca_file(Path(tmp) / "demo-ca.pem")
@@ -208,24 +348,31 @@ async def _run_demo(testing: Any, port: int) -> int:
                         }
                     },
                     "routes": [{"name": "demo", "prefix": "/demo", "upstream": echo.url}],
+                    "tap": {"enabled": tap},
                 },
                 {},
                 base_dir=Path(tmp),
             )
 
             async def ready(address: str) -> None:
+                watch = (
+                    f"Watch the exchange in the debugging tap: open {address}/_proxy/tap "
+                    "in a browser.\n"
+                    if tap
+                    else ""
+                )
                 print(
                     f"\nppproxy demo is running: identity provider {idp.authority_host}, "
                     f"echo upstream {echo.url}, proxy {address}.\n"
                     "In another terminal, ask the echo upstream what it received:\n\n"
                     f"    curl -s {address}/demo/hello?name=world\n\n"
                     "The answer shows the Authorization header the proxy added and the token's "
-                    "claims. Press Ctrl+C to stop.\n",
+                    f"claims.\n{watch}Press Ctrl+C to stop.\n",
                     flush=True,
                 )
 
             try:
-                await run(create_app(config), "127.0.0.1", port, ready)
+                await run(create_app(config), config.server, ready)
             except OSError as e:
                 print(f"ppproxy demo: cannot listen on port {port}: {e.strerror}", file=sys.stderr)
                 return 1

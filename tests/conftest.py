@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import create_app
+from proxy.app import CONFIG, create_app
 from proxy.config import Config, from_dict
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
@@ -88,6 +88,9 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
+    for route in app[CONFIG].routes:  # a route's own listener, as `ppproxy serve` opens it
+        if route.port is not None:
+            await web.TCPSite(runner, "127.0.0.1", route.port).start()
     return runner, f"http://{host}:{port}"
 
 

@@ -246,3 +246,12 @@ def test_prefix_normalised_and_strip_prefix() -> None:
 
 def test_toml_syntax_error_is_a_config_error() -> None:
     assert problems("[server\n")[0].startswith("TOML syntax:")
+
+
+def test_credential_files_relative_to_config_file(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("from-file\n")
+    (tmp_path / "p.toml").write_text(
+        '[identities.a]\ntenant_id = "t"\nclient_id = "c"\nclient_secret_file = "secret.txt"\n'
+    )
+    identity = config.load(tmp_path / "p.toml", {}).identities["a"]
+    assert identity.client_secret_file == tmp_path / "secret.txt"

@@ -10,11 +10,13 @@ from typing import Any
 from yarl import URL
 
 from ..errors import ConfigError
+from .access import parse_access
 from .identities import parse_identities
 from .model import Config, OutboundConfig, ServerConfig, TokensConfig
 from .parse import Problems, get, interpolate, only, table
 from .route_options import str_list
 from .routes import parse_routes
+from .tap import parse_tap
 
 
 def load(path: Path | str, env: Mapping[str, str]) -> Config:
@@ -42,15 +44,20 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path)
     """Validate an already-parsed configuration mapping."""
     p = Problems()
     raw = interpolate(raw, env, "", p)
-    only(raw, {"server", "outbound", "tokens", "identities", "routes"}, "", p)
+    only(raw, {"server", "outbound", "tokens", "identities", "routes", "access", "tap"}, "", p)
     server = _server(table(raw, "server", p), p)
-    outbound = _outbound(table(raw, "outbound", p), base_dir, p)
+    outbound = _outbound(table(raw, "outbound", p), base_dir, p, env)
     tokens = _tokens(table(raw, "tokens", p), p)
-    identities = parse_identities(raw.get("identities"), env, p)
+    identities = parse_identities(raw.get("identities"), env, p, base_dir=base_dir)
     routes = parse_routes(raw.get("routes"), identities, p)
+    for i, route in enumerate(routes):
+        if route.port is not None and route.port == server.port:
+            p.add(f"routes[{i}].port", f"{route.port} is server.port; a route needs its own port")
+    access = parse_access(raw.get("access"), {r.name for r in routes}, p)
+    tap = parse_tap(raw.get("tap"), base_dir, p)
     if p.items:
         raise ConfigError(p.items)
-    return Config(server, outbound, tokens, identities, routes)
+    return Config(server, outbound, tokens, identities, routes, access, tap)
 
 
 _SERVER_KEYS = {
@@ -89,7 +96,19 @@ def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
     )
 
 
-def _outbound(t: Mapping[str, Any], base_dir: Path, p: Problems) -> OutboundConfig:
+_PROXY_VARS = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
+
+
+def _proxy_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The proxy variables, lower-case names winning over upper-case as in urllib."""
+    found = {k.lower(): v for k, v in env.items() if k.isupper() and k.lower() in _PROXY_VARS}
+    found.update({k: v for k, v in env.items() if k in _PROXY_VARS})
+    return {k: v for k, v in found.items() if v}
+
+
+def _outbound(
+    t: Mapping[str, Any], base_dir: Path, p: Problems, env: Mapping[str, str]
+) -> OutboundConfig:
     only(
         t,
         {"ca_file", "connect_timeout", "read_timeout", "proxy", "replay_body_bytes"},
@@ -116,7 +135,7 @@ def _outbound(t: Mapping[str, Any], base_dir: Path, p: Problems) -> OutboundConf
     replay = get(t, "replay_body_bytes", int, "outbound", p, OutboundConfig().replay_body_bytes)
     if replay < 0:
         p.add("outbound.replay_body_bytes", "must be 0 or more")
-    return OutboundConfig(ca_file, timeouts[0], timeouts[1], proxy, replay)
+    return OutboundConfig(ca_file, timeouts[0], timeouts[1], proxy, replay, _proxy_env(env))
 
 
 def _tokens(t: Mapping[str, Any], p: Problems) -> TokensConfig:
