@@ -368,6 +368,7 @@ def proxy_toml(
     routes: Sequence[Route],
     workers: int = 1,
     prefetch: bool = True,
+    tap: bool = False,
 ) -> str:
     """A ppproxy configuration; the client secret comes from ``${BENCH_CLIENT_SECRET}``."""
     lines = [
@@ -388,6 +389,8 @@ def proxy_toml(
         f'client_secret = "${{{SECRET_ENV}}}"',
         f'authority_host = "{authority_host}"',
     ]
+    if tap:
+        lines += ["", "[tap]", "enabled = true"]
     for r in routes:
         lines += [
             "",

@@ -26,7 +26,14 @@ class Local:
     nginx_tls: tuple[Path, Path]  # certificate chain and key for an HTTPS nginx on 127.0.0.1
 
     def proxy_config(
-        self, name: str, port: int, routes: list[Route], *, workers: int = 1, prefetch: bool = True
+        self,
+        name: str,
+        port: int,
+        routes: list[Route],
+        *,
+        workers: int = 1,
+        prefetch: bool = True,
+        tap: bool = False,
     ) -> Path:
         path = self.tmp / f"{name}.toml"
         path.write_text(
@@ -38,6 +45,7 @@ class Local:
                 routes=routes,
                 workers=workers,
                 prefetch=prefetch,
+                tap=tap,
             )
         )
         return path

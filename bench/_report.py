@@ -140,7 +140,15 @@ def targets(r: Report) -> list[tuple[str, str, str]]:
                 ", ".join(verdicts),
             )
         )
-    out.append(("tap on: cost as a ratio", "not measured: the tap does not exist yet", "n/a"))
+    one, tapped = r.rps("ppproxy, workers = 1"), r.rps("ppproxy, tap on")
+    if one and tapped:
+        out.append(
+            (
+                "tap on: cost as a ratio",
+                f"{_ratio(tapped, one):.2f} x the req/s of ppproxy with the tap off",
+                "measured (no target)",
+            )
+        )
     return out
 
 

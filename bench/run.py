@@ -97,10 +97,18 @@ class Bench:
         self.configs["nginx upstream"] = conf.replace(str(self.loc.tmp), "$TMP")
 
     async def ppproxy(
-        self, name: str, routes: list[Route], *, workers: int = 1, prefetch: bool = True
+        self,
+        name: str,
+        routes: list[Route],
+        *,
+        workers: int = 1,
+        prefetch: bool = True,
+        tap: bool = False,
     ) -> tuple[Proc, str, Path]:
         port = free_port()
-        config = self.loc.proxy_config(name, port, routes, workers=workers, prefetch=prefetch)
+        config = self.loc.proxy_config(
+            name, port, routes, workers=workers, prefetch=prefetch, tap=tap
+        )
         log = self.loc.tmp / f"{name}.log"
         proc = await start_ppproxy(self.loc.procs, name, config, port, log)
         self.commands.append(_shown(proc.argv, self.loc) + f" 2> $TMP/{name}.log")
@@ -114,6 +122,7 @@ class Bench:
         route = [Route("bench", "/", self.upstream, SCOPE)]
         w1, w1_url, w1_log = await self.ppproxy("ppproxy-w1", route)
         w2, w2_url, w2_log = await self.ppproxy("ppproxy-w2", route, workers=2)
+        tapped, tapped_url, _ = await self.ppproxy("ppproxy-tap", route, tap=True)
         token = await self.loc.token(SCOPE)
         port = free_port()
         minimal = await procs.start(
@@ -139,6 +148,7 @@ class Bench:
             ("direct (nginx return 200)", self.upstream, self.upstream_proc, "upstream's CPU"),
             ("ppproxy, workers = 1", w1_url, w1, _processes_note(processes[1], 1)),
             ("ppproxy, workers = 2", w2_url, w2, _processes_note(processes[2], 2)),
+            ("ppproxy, tap on", tapped_url, tapped, "[tap] enabled, default keep and caps"),
             ("minimal aiohttp proxy (bench/minimal_proxy.py)", minimal_url, minimal, ""),
             ("nginx proxy_pass + keepalive", nginx_url, nginx, "one nginx process"),
         ]

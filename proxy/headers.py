@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict
 
@@ -31,12 +31,16 @@ _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 REQUEST_ID = "x-ms-client-request-id"
 
 
-def _connection_named(headers: Iterable[tuple[str, str]]) -> set[str]:
+def _connection_named(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
+    """The header names the Connection header lists (hop-by-hop too, RFC 9110 §7.6.1)."""
     named: set[str] = set()
     for name, value in headers:
-        if name.lower() == "connection":
+        if len(name) == 10 and name.lower() == "connection":
             named.update(v.strip().lower() for v in value.split(",") if v.strip())
-    return named
+    return frozenset(named) if named else _NOTHING
+
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 def request_headers(
