@@ -6,15 +6,20 @@ Everything is a real server on 127.0.0.1; nothing in MSAL or aiohttp is mocked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 
+from proxy import observe
 from proxy.app import CONFIG, create_app
 from proxy.config import Config, from_dict
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
@@ -49,6 +54,20 @@ async def echo() -> AsyncIterator[EchoUpstream]:
 async def tls_echo(ca: LocalCA) -> AsyncIterator[EchoUpstream]:
     async with EchoUpstream(ssl_context=ca.server_context()) as server:
         yield server
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """Everything logged during the test, at debug level, as JSON lines."""
+    stream = io.StringIO()
+    observe.configure("debug", stream=stream, json=True, cache=False)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def events(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 @dataclass

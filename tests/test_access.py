@@ -6,23 +6,20 @@ import base64
 import hashlib
 import io
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 
-from proxy import cli, observe
+from proxy import cli
 from proxy.access import Presented, authenticate
 from proxy.config import ConfigError, from_dict
 from proxy.config.access import AccessClient, AccessConfig
 from proxy.errors import Unauthenticated
 from proxy.testing import EchoUpstream
 
-from .conftest import StartProxy, raw_exchange
+from .conftest import StartProxy, events, raw_exchange
 from .test_cli import free_port
 
 CI_KEY = "ppk_ci-key-for-tests-0123456789abcdef"
@@ -286,19 +283,6 @@ async def test_readyz_details_without_access(
 
 
 # --- audit trail ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    observe.configure("debug", stream=stream, json=True, cache=False)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-def events(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 async def test_client_name_on_every_event_of_its_request(

@@ -4,18 +4,14 @@ ends in a clear error naming the identity."""
 from __future__ import annotations
 
 import io
-import json
-import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 
-from proxy import observe
 from proxy.config import ConfigError, IdentityConfig, OutboundConfig, from_dict
 from proxy.credentials import literal_secret_warning
 from proxy.identity import MsalProvider
@@ -26,7 +22,7 @@ from proxy.testing.credentials import ClientCertificate, WorkloadIssuer
 from proxy.testing.msi import SYSTEM_ASSIGNED_CLIENT_ID, ManagedIdentityEndpoint
 from proxy.tokens import TokenError
 
-from .conftest import CLIENT, SECRET, StartProxy
+from .conftest import CLIENT, SECRET, StartProxy, events
 
 USER, PASSWORD = "admin@contoso.test", "correct horse battery staple"
 PUBLIC_CLIENT = "public-client"
@@ -35,19 +31,6 @@ PUBLIC_CLIENT = "public-client"
 @pytest.fixture(scope="module")
 def certificate() -> ClientCertificate:
     return ClientCertificate()
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    observe.configure("debug", stream=stream, json=True, cache=False)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-def events(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 def identity(idp: IdentityProvider, ca_file: Path, **keys: Any) -> IdentityConfig:

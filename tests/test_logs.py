@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
-import logging
-from collections.abc import Iterator
 
 import aiohttp
-import pytest
-import structlog
 
 from proxy import observe
 from proxy.testing import EchoUpstream, IdentityProvider
 
-from .conftest import SECRET, StartProxy
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    observe.configure("debug", stream=stream, json=True, cache=False)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-def events(stream: io.StringIO) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+from .conftest import SECRET, StartProxy, events
 
 
 async def test_access_event_fields(
