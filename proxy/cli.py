@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
-from aiohttp import web
 
-from . import __version__, admin, guard, observe, workers
+from . import __version__, admin, demo, guard, observe, workers
 from .access import new_key
-from .app import CONFIG, STATE, create_app
-from .app import reload as reload_app
-from .config import Config, ServerConfig, from_dict, load
+from .app import create_app
+from .config import Config, from_dict, load
 from .errors import ConfigError
 from .identity import MsalProvider, warn_about_literal_secrets
+from .server import run
 from .tokens import TokenError
 
 log = structlog.get_logger("proxy")
@@ -77,7 +73,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return keygen(sys.stdout, sys.stderr)
     observe.configure(args.log_level)
     if args.command == "demo":
-        return _demo(args.port, tap=args.tap)
+        return demo.main(args.port, tap=args.tap)
     source = ConfigSource(
         args.config,
         getattr(args, "host", None),
@@ -184,69 +180,6 @@ def serve(
     return 0
 
 
-async def run(
-    app: web.Application,
-    server: ServerConfig,
-    on_ready: Callable[[str], Awaitable[None]] | None = None,
-    *,
-    reuse_port: bool = False,
-    reload: Callable[[], Config] | None = None,
-) -> None:
-    """Serve ``app`` until a stop signal, then shut down gracefully.
-
-    On SIGTERM/SIGINT: readiness turns 503 at once, the listener stays open for
-    ``drain_delay`` (load balancers notice), then closes; in-flight requests get
-    ``shutdown_timeout`` to finish.
-    """
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=server.shutdown_timeout,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
-        await site.start()
-        address = _address(runner.addresses[0])
-        log.info("server.listening", address=address)
-        for route in app[CONFIG].routes:
-            if route.port is not None:  # the route's own listener: no prefix needed there
-                await web.TCPSite(
-                    runner, server.host, route.port, reuse_port=reuse_port or None
-                ).start()
-                log.info(
-                    "server.listening",
-                    address=_address((server.host, route.port)),
-                    route=route.name,
-                )
-        if on_ready is not None:
-            await on_ready(address)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        reloads: set[asyncio.Task[None]] = set()
-        if reload is not None and hasattr(signal, "SIGHUP"):  # POSIX: SIGHUP reloads
-
-            def on_hup() -> None:
-                task = asyncio.ensure_future(_reload(app, reload))
-                reloads.add(task)
-                task.add_done_callback(reloads.discard)
-
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Not available on Windows: there Ctrl+C arrives as KeyboardInterrupt instead.
-            with contextlib.suppress(NotImplementedError, AttributeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        app[STATE].draining = True
-        log.info("server.draining", drain_delay=server.drain_delay)
-        await asyncio.sleep(server.drain_delay)
-        log.info("server.stopping", shutdown_timeout=server.shutdown_timeout)
-    finally:
-        await runner.cleanup()
-        log.info("server.stopped")
-
-
 def keygen(out: TextIO, err: TextIO) -> int:
     """Print a new client key and its key_sha256; the key is not kept anywhere."""
     key, digest = new_key()
@@ -258,26 +191,6 @@ def keygen(out: TextIO, err: TextIO) -> int:
         file=err,
     )
     return 0
-
-
-async def _reload(app: web.Application, load_config: Callable[[], Config]) -> None:
-    """SIGHUP: read the configuration again; a bad one is rejected and the old one serves on."""
-    log.info("config.reloading")
-    try:
-        new = load_config()
-    except ConfigError as e:
-        log.error("config.reload_rejected", problems=list(e.problems))
-        return
-    refused = await reload_app(app, new)
-    if refused:
-        log.error("config.reload_rejected", problems=refused)
-    else:
-        log.info("config.reloaded", routes=[r.name for r in new.routes])
-
-
-def _address(sockname: Any) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def check(config: Config, out: TextIO) -> int:
@@ -315,65 +228,3 @@ async def check(config: Config, out: TextIO) -> int:
             file=out,
         )
     return 0 if all(v.startswith("ok") for v in results.values()) else 1
-
-
-def _demo(port: int, *, tap: bool = False) -> int:
-    try:
-        from . import testing
-    except ImportError:
-        print(
-            "ppproxy demo needs the testing extra: pip install 'ppproxy[testing]'", file=sys.stderr
-        )
-        return 2
-    return asyncio.run(_run_demo(testing, port, tap))
-
-
-async def _run_demo(testing: Any, port: int, tap: bool = False) -> int:
-    ca = testing.LocalCA()
-    with tempfile.TemporaryDirectory(prefix="ppproxy-demo-") as tmp:
-        ca_file = ca.write_ca_file(Path(tmp) / "demo-ca.pem")
-        idp = testing.IdentityProvider(ca, clients={"demo-client": "demo-secret"})
-        echo = testing.EchoUpstream(ssl_context=ca.server_context())
-        async with idp, echo:
-            config = from_dict(
-                {
-                    "server": {"port": port},
-                    "outbound": {"ca_file": str(ca_file)},
-                    "identities": {
-                        "demo": {
-                            "tenant_id": idp.tenant,
-                            "client_id": "demo-client",
-                            "client_secret": "demo-secret",
-                            "authority_host": idp.authority_host,
-                        }
-                    },
-                    "routes": [{"name": "demo", "prefix": "/demo", "upstream": echo.url}],
-                    "tap": {"enabled": tap},
-                },
-                {},
-                base_dir=Path(tmp),
-            )
-
-            async def ready(address: str) -> None:
-                watch = (
-                    f"Watch the exchange in the debugging tap: open {address}/_proxy/tap "
-                    "in a browser.\n"
-                    if tap
-                    else ""
-                )
-                print(
-                    f"\nppproxy demo is running: identity provider {idp.authority_host}, "
-                    f"echo upstream {echo.url}, proxy {address}.\n"
-                    "In another terminal, ask the echo upstream what it received:\n\n"
-                    f"    curl -s {address}/demo/hello?name=world\n\n"
-                    "The answer shows the Authorization header the proxy added and the token's "
-                    f"claims.\n{watch}Press Ctrl+C to stop.\n",
-                    flush=True,
-                )
-
-            try:
-                await run(create_app(config), config.server, ready)
-            except OSError as e:
-                print(f"ppproxy demo: cannot listen on port {port}: {e.strerror}", file=sys.stderr)
-                return 1
-    return 0

@@ -129,7 +129,7 @@ def _worker(config: Config, log_level: str, index: int, metrics_dir: str, source
 
     from . import observe
     from .app import create_app
-    from .cli import run
+    from .server import run
 
     observe.configure(log_level)
     structlog.contextvars.bind_contextvars(worker=index)

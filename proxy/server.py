@@ -1,0 +1,102 @@
+"""Serving an application: listeners, signals (stop, drain, reload) and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .app import CONFIG, STATE
+from .app import reload as reload_app
+from .config import Config, ServerConfig
+from .errors import ConfigError
+
+log = structlog.get_logger("proxy")
+
+
+async def run(
+    app: web.Application,
+    server: ServerConfig,
+    on_ready: Callable[[str], Awaitable[None]] | None = None,
+    *,
+    reuse_port: bool = False,
+    reload: Callable[[], Config] | None = None,
+) -> None:
+    """Serve ``app`` until a stop signal, then shut down gracefully.
+
+    On SIGTERM/SIGINT: readiness turns 503 at once, the listener stays open for
+    ``drain_delay`` (load balancers notice), then closes; in-flight requests get
+    ``shutdown_timeout`` to finish.
+    """
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=server.shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+        await site.start()
+        address = _address(runner.addresses[0])
+        log.info("server.listening", address=address)
+        for route in app[CONFIG].routes:
+            if route.port is not None:  # the route's own listener: no prefix needed there
+                await web.TCPSite(
+                    runner, server.host, route.port, reuse_port=reuse_port or None
+                ).start()
+                log.info(
+                    "server.listening",
+                    address=_address((server.host, route.port)),
+                    route=route.name,
+                )
+        if on_ready is not None:
+            await on_ready(address)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+        if reload is not None and hasattr(signal, "SIGHUP"):  # POSIX: SIGHUP reloads
+
+            def on_hup() -> None:
+                task = asyncio.ensure_future(_reload(app, reload))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Not available on Windows: there Ctrl+C arrives as KeyboardInterrupt instead.
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        app[STATE].draining = True
+        log.info("server.draining", drain_delay=server.drain_delay)
+        await asyncio.sleep(server.drain_delay)
+        log.info("server.stopping", shutdown_timeout=server.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+        log.info("server.stopped")
+
+
+async def _reload(app: web.Application, load_config: Callable[[], Config]) -> None:
+    """SIGHUP: read the configuration again; a bad one is rejected and the old one serves on."""
+    log.info("config.reloading")
+    try:
+        new = load_config()
+    except ConfigError as e:
+        log.error("config.reload_rejected", problems=list(e.problems))
+        return
+    refused = await reload_app(app, new)
+    if refused:
+        log.error("config.reload_rejected", problems=refused)
+    else:
+        log.info("config.reloaded", routes=[r.name for r in new.routes])
+
+
+def _address(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
