@@ -9,6 +9,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _SENSITIVE_KEY = re.compile(
     r"authorization|cookie|token|secret|password|passwd|api[-_]?key|assertion|credential",
@@ -75,6 +76,22 @@ def _redact_exception(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+class _QuietParserErrors(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback; on a port that
+    scanners reach that buries real errors. Such a client error becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and (exc.code or 400) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "http.malformed_request: %s", (type(exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_QUIET = _QuietParserErrors()
+
+
 def configure(
     level: str = "info",
     *,
@@ -132,5 +149,8 @@ def configure(
     # These libraries log request details at debug level; keep them to what an operator needs.
     for name in ("msal", "urllib3", "asyncio"):
         logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    server_log = logging.getLogger("aiohttp.server")
+    if _QUIET not in server_log.filters:
+        server_log.addFilter(_QUIET)
     # aiohttp's own access log is replaced by the proxy's "request" event.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ import aiohttp
 from proxy import observe
 from proxy.testing import EchoUpstream, IdentityProvider
 
-from .conftest import SECRET, StartProxy, events
+from .conftest import SECRET, StartProxy, events, raw_exchange
 
 
 async def test_access_event_fields(
@@ -74,3 +74,19 @@ def test_redact_shapes() -> None:
     assert observe.redact_text("client_secret=hunter2&x=1") == "client_secret=[redacted]&x=1"
     assert observe.redact({"client_secret": "x", "n": 1}) == {"client_secret": "[redacted]", "n": 1}
     assert observe.redact([["Cookie", "a=b"], ["X", "y"]]) == [["Cookie", "[redacted]"], ["X", "y"]]
+
+
+async def test_malformed_requests_logged_as_one_warning(
+    captured: io.StringIO, start_proxy: StartProxy
+) -> None:
+    """A request aiohttp cannot parse is one warning line, not an error with a traceback."""
+    proxy = await start_proxy()
+    answer = await raw_exchange(
+        proxy.url, b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\nBad\r\n\r\n"
+    )
+    assert b" 400 " in answer.split(b"\r\n", 1)[0]
+    logged = [e for e in events(captured) if e.get("logger") == "aiohttp.server"]
+    assert logged
+    assert [e["level"] for e in logged] == ["warning"] * len(logged)
+    assert all(e["event"].startswith("http.malformed_request") for e in logged)
+    assert "Traceback" not in captured.getvalue()
