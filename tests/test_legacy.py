@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -76,52 +77,50 @@ async def follow(session: aiohttp.ClientSession, method: str, url: str) -> aioht
 
 
 async def test_long_running_operation_polled_through_proxy(
-    start_proxy: StartProxy, client: aiohttp.ClientSession
+    start_proxy: StartProxy, bap: Bap, client: aiohttp.ClientSession
 ) -> None:
-    bap = Bap()
-    async with upstream(bap.handle) as url:
-        bap.url = url
-        proxy = await start_proxy([{"name": "bap", "prefix": "/bap", "upstream": url}])
-        path = "/providers/Microsoft.BusinessAppPlatform/environments"
-        first = await client.post(f"{proxy.url}/bap{path}?api-version=1")
-        assert first.status == 202
-        for name in ("Location", "Azure-AsyncOperation", "Operation-Location"):
-            assert first.headers[name] == (
-                f"{proxy.url}/bap/providers/Microsoft.BusinessAppPlatform/operations/op1"
-                "?api-version=1"
-            )
-        first.release()
-        resp = await follow(client, "POST", f"{proxy.url}/bap{path}?api-version=1")
-        assert resp.status == 200
-        assert (await resp.json())["status"] == "Succeeded"
+    proxy = await start_proxy([{"name": "bap", "prefix": "/bap", "upstream": bap.url}])
+    path = "/providers/Microsoft.BusinessAppPlatform/environments"
+    first = await client.post(f"{proxy.url}/bap{path}?api-version=1")
+    assert first.status == 202
+    for name in ("Location", "Azure-AsyncOperation", "Operation-Location"):
+        assert first.headers[name] == (
+            f"{proxy.url}/bap/providers/Microsoft.BusinessAppPlatform/operations/op1?api-version=1"
+        )
+    first.release()
+    resp = await follow(client, "POST", f"{proxy.url}/bap{path}?api-version=1")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "Succeeded"
     assert len(bap.calls) == 5  # the first POST, then POST + three polls
     assert all(auth.startswith("Bearer ey") for _, _, auth in bap.calls)
 
 
 async def test_unknown_hosts_and_unrelated_urls_unchanged(
-    start_proxy: StartProxy, client: aiohttp.ClientSession
+    start_proxy: StartProxy, bap: Bap, client: aiohttp.ClientSession
 ) -> None:
-    bap = Bap()
-    async with upstream(bap.handle) as url:
-        bap.url = url
-        proxy = await start_proxy([{"name": "bap", "prefix": "/bap", "upstream": url}])
-        async with client.get(f"{proxy.url}/bap/elsewhere", allow_redirects=False) as resp:
-            assert resp.headers["Location"] == "https://login.example.org/x"
+    proxy = await start_proxy([{"name": "bap", "prefix": "/bap", "upstream": bap.url}])
+    async with client.get(f"{proxy.url}/bap/elsewhere", allow_redirects=False) as resp:
+        assert resp.headers["Location"] == "https://login.example.org/x"
 
 
 async def test_host_header_decides_the_address(
-    start_proxy: StartProxy, client: aiohttp.ClientSession
+    start_proxy: StartProxy, bap: Bap, client: aiohttp.ClientSession
 ) -> None:
     """The address in rewritten URLs is the one the client used, not a guess."""
-    bap = Bap()
-    async with upstream(bap.handle) as url:
-        bap.url = url
-        proxy = await start_proxy([{"name": "bap", "prefix": "/bap", "upstream": url}])
-        port = proxy.url.rsplit(":", 1)[1]
-        headers = {"Host": f"localhost:{port}"}
-        path = "/bap/providers/Microsoft.BusinessAppPlatform/environments"
-        async with client.post(proxy.url + path, headers=headers) as resp:
-            assert resp.headers["Location"].startswith(f"http://localhost:{port}/bap/providers/")
+    proxy = await start_proxy([{"name": "bap", "prefix": "/bap", "upstream": bap.url}])
+    port = proxy.url.rsplit(":", 1)[1]
+    headers = {"Host": f"localhost:{port}"}
+    path = "/bap/providers/Microsoft.BusinessAppPlatform/environments"
+    async with client.post(proxy.url + path, headers=headers) as resp:
+        assert resp.headers["Location"].startswith(f"http://localhost:{port}/bap/providers/")
+
+
+@pytest.fixture
+async def bap() -> AsyncIterator[Bap]:
+    server = Bap()
+    async with upstream(server.handle) as url:
+        server.url = url
+        yield server
 
 
 class Dataverse:
@@ -152,55 +151,50 @@ class Dataverse:
         return web.Response(text=text, content_type="application/json")
 
 
+@pytest.fixture
+async def dv() -> AsyncIterator[Dataverse]:
+    server = Dataverse()
+    async with upstream(server.handle) as url:
+        server.url = url
+        yield server
+
+
+def dv_route(dv: Dataverse, **options: object) -> dict[str, object]:
+    """The /dv route to the Dataverse stand-in's Web API base, with ``options``."""
+    return {"name": "dv", "prefix": "/dv", "upstream": f"{dv.url}/api/data/v9.2", **options}
+
+
 async def test_paging_stays_on_the_proxy(
-    start_proxy: StartProxy, client: aiohttp.ClientSession
+    start_proxy: StartProxy, dv: Dataverse, client: aiohttp.ClientSession
 ) -> None:
-    dv = Dataverse()
-    async with upstream(dv.handle) as url:
-        dv.url = url
-        route = {
-            "name": "dv",
-            "prefix": "/dv",
-            "upstream": f"{url}/api/data/v9.2",
-            "rewrite_links": True,
-        }
-        proxy = await start_proxy([route])
-        names = []
-        next_url: str | None = f"{proxy.url}/dv/accounts"
-        while next_url:
-            async with client.get(next_url) as resp:
-                assert resp.headers["X-Ppproxy-Links"] == "rewritten"
-                raw = await resp.read()
-                assert int(resp.headers["Content-Length"]) == len(raw)
-                page = json.loads(raw)
-            names += [v["name"] for v in page["value"]]
-            assert page["@odata.context"] == f"{proxy.url}/dv/$metadata#accounts"
-            assert page["value"][0]["@odata.id"].startswith(f"{proxy.url}/dv/accounts(")
-            next_url = page.get("@odata.nextLink")
-            if next_url:
-                assert next_url.startswith(f"{proxy.url}/dv/accounts?$skiptoken=")
+    proxy = await start_proxy([dv_route(dv, rewrite_links=True)])
+    names = []
+    next_url: str | None = f"{proxy.url}/dv/accounts"
+    while next_url:
+        async with client.get(next_url) as resp:
+            assert resp.headers["X-Ppproxy-Links"] == "rewritten"
+            raw = await resp.read()
+            assert int(resp.headers["Content-Length"]) == len(raw)
+            page = json.loads(raw)
+        names += [v["name"] for v in page["value"]]
+        assert page["@odata.context"] == f"{proxy.url}/dv/$metadata#accounts"
+        assert page["value"][0]["@odata.id"].startswith(f"{proxy.url}/dv/accounts(")
+        next_url = page.get("@odata.nextLink")
+        if next_url:
+            assert next_url.startswith(f"{proxy.url}/dv/accounts?$skiptoken=")
     assert names == ["account 1", "account 2", "account 3"]
     assert len(dv.auth) == 3
     assert all(a.startswith("Bearer ey") for a in dv.auth)
 
 
 async def test_rewrite_keeps_other_bytes(
-    start_proxy: StartProxy, client: aiohttp.ClientSession
+    start_proxy: StartProxy, dv: Dataverse, client: aiohttp.ClientSession
 ) -> None:
-    dv = Dataverse()
-    async with upstream(dv.handle) as url:
-        dv.url = url
-        route = {
-            "name": "dv",
-            "prefix": "/dv",
-            "upstream": f"{url}/api/data/v9.2",
-            "rewrite_links": True,
-        }
-        proxy = await start_proxy([route])
-        async with client.get(f"{proxy.url}/dv/accounts?$skiptoken=3") as resp:
-            text = await resp.text()
+    proxy = await start_proxy([dv_route(dv, rewrite_links=True)])
+    async with client.get(f"{proxy.url}/dv/accounts?$skiptoken=3") as resp:
+        text = await resp.text()
     assert '"n": 1.5' in text  # numbers and spacing untouched
-    assert url not in text
+    assert dv.url not in text
 
 
 @pytest.mark.parametrize(
@@ -208,63 +202,52 @@ async def test_rewrite_keeps_other_bytes(
     [("?gzip=1", 1_000_000, "content-encoding"), ("", 50, "too-large")],
 )
 async def test_rewrite_skipped_and_said_so(
-    start_proxy: StartProxy, client: aiohttp.ClientSession, query: str, cap: int, reason: str
+    start_proxy: StartProxy,
+    dv: Dataverse,
+    client: aiohttp.ClientSession,
+    query: str,
+    cap: int,
+    reason: str,
 ) -> None:
-    dv = Dataverse()
-    async with upstream(dv.handle) as url:
-        dv.url = url
-        route = {
-            "name": "dv",
-            "prefix": "/dv",
-            "upstream": f"{url}/api/data/v9.2",
-            "rewrite_links": True,
-            "rewrite_max_bytes": cap,
-        }
-        proxy = await start_proxy([route])
-        async with client.get(f"{proxy.url}/dv/accounts{query}") as resp:
-            assert resp.headers["X-Ppproxy-Links"] == f"unchanged; reason={reason}"
-            raw = await resp.read()
+    proxy = await start_proxy([dv_route(dv, rewrite_links=True, rewrite_max_bytes=cap)])
+    async with client.get(f"{proxy.url}/dv/accounts{query}") as resp:
+        assert resp.headers["X-Ppproxy-Links"] == f"unchanged; reason={reason}"
+        raw = await resp.read()
     text = gzip.decompress(raw).decode() if reason == "content-encoding" else raw.decode()
-    assert f"{url}/api/data/v9.2/accounts?$skiptoken=2" in text
+    assert f"{dv.url}/api/data/v9.2/accounts?$skiptoken=2" in text
 
 
 async def test_links_not_rewritten_without_opt_in(
-    start_proxy: StartProxy, client: aiohttp.ClientSession
+    start_proxy: StartProxy, dv: Dataverse, client: aiohttp.ClientSession
 ) -> None:
-    dv = Dataverse()
-    async with upstream(dv.handle) as url:
-        dv.url = url
-        proxy = await start_proxy(
-            [{"name": "dv", "prefix": "/dv", "upstream": f"{url}/api/data/v9.2"}]
-        )
-        async with client.get(f"{proxy.url}/dv/accounts") as resp:
-            assert "X-Ppproxy-Links" not in resp.headers
-            assert (await resp.json())["@odata.nextLink"].startswith(url)
+    proxy = await start_proxy([dv_route(dv)])
+    async with client.get(f"{proxy.url}/dv/accounts") as resp:
+        assert "X-Ppproxy-Links" not in resp.headers
+        assert (await resp.json())["@odata.nextLink"].startswith(dv.url)
 
 
-async def test_route_port_listener(start_proxy: StartProxy, client: aiohttp.ClientSession) -> None:
+async def test_route_port_listener(
+    start_proxy: StartProxy, bap: Bap, client: aiohttp.ClientSession
+) -> None:
     """A route with its own port takes every path there, no prefix; Location points back there."""
-    bap = Bap()
-    async with upstream(bap.handle) as url:
-        bap.url = url
-        port = free_port()
-        proxy = await start_proxy(
-            [{"name": "bap", "prefix": "/bap", "upstream": url, "port": port}]
+    port = free_port()
+    proxy = await start_proxy(
+        [{"name": "bap", "prefix": "/bap", "upstream": bap.url, "port": port}]
+    )
+    path = "/providers/Microsoft.BusinessAppPlatform/environments"
+    async with client.post(f"http://127.0.0.1:{port}{path}") as resp:
+        assert resp.status == 202
+        assert resp.headers["Location"] == (
+            f"http://127.0.0.1:{port}/providers/Microsoft.BusinessAppPlatform/"
+            "operations/op1?api-version=1"
         )
-        path = "/providers/Microsoft.BusinessAppPlatform/environments"
-        async with client.post(f"http://127.0.0.1:{port}{path}") as resp:
-            assert resp.status == 202
-            assert resp.headers["Location"] == (
-                f"http://127.0.0.1:{port}/providers/Microsoft.BusinessAppPlatform/"
-                "operations/op1?api-version=1"
-            )
-        async with client.get(f"http://127.0.0.1:{port}/x?y=1") as resp:
-            assert (await resp.json())["path"] == "/x?y=1"
-        async with client.get(f"http://127.0.0.1:{port}/_proxy/livez") as resp:
-            assert resp.status == 200  # the proxy's own endpoints are never forwarded
-        # The main listener still routes by prefix, and points at the route's own port.
-        async with client.post(f"{proxy.url}/bap{path}") as resp:
-            assert resp.headers["Location"].startswith(f"http://127.0.0.1:{port}/providers/")
+    async with client.get(f"http://127.0.0.1:{port}/x?y=1") as resp:
+        assert (await resp.json())["path"] == "/x?y=1"
+    async with client.get(f"http://127.0.0.1:{port}/_proxy/livez") as resp:
+        assert resp.status == 200  # the proxy's own endpoints are never forwarded
+    # The main listener still routes by prefix, and points at the route's own port.
+    async with client.post(f"{proxy.url}/bap{path}") as resp:
+        assert resp.headers["Location"].startswith(f"http://127.0.0.1:{port}/providers/")
 
 
 async def test_header_edits_and_default_query(

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .parse import NAME, Problems, get, only, show
-from .route_options import str_list
+from .route_options import method_set, str_list
 
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §9.1: a token
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _CLIENT_KEYS = {"name", "key_sha256", "routes", "methods", "admin"}
 
@@ -108,15 +107,7 @@ def _client(
             if r not in route_names:
                 p.add(f"{path}.routes", f"no route named {show(r)}")
         routes = frozenset(listed)
-    methods = None
-    if "methods" in t:
-        listed = str_list(t, "methods", path, p)
-        for m in listed:
-            if not _METHOD.match(m):
-                p.add(f"{path}.methods", f"{show(m)} is not an HTTP method")
-        methods = frozenset(m.upper() for m in listed)
-        if not methods:
-            p.add(f"{path}.methods", "must name at least one method (leave it out to allow all)")
+    methods = method_set(t, path, p)
     admin = get(t, "admin", bool, path, p, False)
     if not name or not _HEX_SHA256.match(digest):
         return None

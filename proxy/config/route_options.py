@@ -104,18 +104,23 @@ def _headers(t: Mapping[str, Any], key: str, path: str, p: Problems) -> dict[str
     return headers
 
 
+def method_set(t: Mapping[str, Any], path: str, p: Problems) -> frozenset[str] | None:
+    """``methods = [...]``, upper-cased; None when the key is absent (every method)."""
+    if "methods" not in t:
+        return None
+    names = str_list(t, "methods", path, p)
+    for m in names:
+        if not _TOKEN_CHARS.match(m):  # RFC 9110 §9.1: a method is a token
+            p.add(f"{path}.methods", f"{show(m)} is not an HTTP method")
+    methods = frozenset(m.upper() for m in names)
+    if not methods:
+        p.add(f"{path}.methods", "must name at least one method (leave it out to allow all)")
+    return methods
+
+
 def parse_policy(t: Mapping[str, Any], path: str, p: Problems) -> RoutePolicy:
-    methods = None
-    if "methods" in t:
-        names = str_list(t, "methods", path, p)
-        for m in names:
-            if not _TOKEN_CHARS.match(m):
-                p.add(f"{path}.methods", f"{show(m)} is not an HTTP method")
-        methods = frozenset(m.upper() for m in names)
-        if not methods:
-            p.add(f"{path}.methods", "must name at least one method (leave it out to allow all)")
     return RoutePolicy(
-        methods,
+        method_set(t, path, p),
         str_list(t, "allow_paths", path, p),
         str_list(t, "deny_paths", path, p),
         _positive_int(t, "max_body_bytes", path, p),
