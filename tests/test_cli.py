@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -84,6 +85,40 @@ def _toml(v: object) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@dataclass
+class Served:
+    """A `ppproxy serve` process with one route /echo to the echo upstream."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+    config: Path
+    started: str  # what it logged until it listened
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+async def serve_echo(
+    tmp_path: Path,
+    idp: IdentityProvider,
+    echo: EchoUpstream,
+    ca_file: Path,
+    *,
+    listening: str = "server.listening",
+    **server: object,
+) -> Served:
+    """Start `ppproxy serve` on a free port (``server`` adds [server] keys) and wait until
+    its log matches ``listening``."""
+    port = free_port()
+    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
+    raw = config_dict(idp, ca_file, routes, server={"port": port, **server})
+    path = write_config(tmp_path, raw)
+    proc = await spawn("serve", "--config", str(path))
+    assert proc.stderr is not None
+    return Served(proc, port, path, await read_until(proc.stderr, listening))
+
+
 async def test_version() -> None:
     proc = await spawn("--version")
     out, _ = await proc.communicate()
@@ -111,13 +146,9 @@ async def test_bad_config_fails_before_binding(tmp_path: Path) -> None:
 async def test_serve_logs_address_and_stops_on_sigterm(
     tmp_path: Path, idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
 ) -> None:
-    port = free_port()
-    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
-    path = write_config(tmp_path, config_dict(idp, ca_file, routes, server={"port": port}))
-    proc = await spawn("serve", "--config", str(path))
-    assert proc.stderr is not None
-    seen = await read_until(proc.stderr, "server.listening")
-    assert f"http://127.0.0.1:{port}" in seen
+    served = await serve_echo(tmp_path, idp, echo, ca_file)
+    proc, port = served.proc, served.port
+    assert f"http://127.0.0.1:{port}" in served.started
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{port}/echo/hi") as resp,

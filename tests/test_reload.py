@@ -13,7 +13,7 @@ import pytest
 from proxy.testing import EchoUpstream, IdentityProvider
 
 from .conftest import config_dict
-from .test_cli import free_port, read_until, spawn, write_config
+from .test_cli import free_port, read_until, serve_echo, write_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX-only")
 
@@ -21,13 +21,10 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX
 async def test_sighup_reloads_and_rejects_bad_config(
     tmp_path: Path, idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
 ) -> None:
-    port = free_port()
-    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
-    path = write_config(tmp_path, config_dict(idp, ca_file, routes, server={"port": port}))
-    proc = await spawn("serve", "--config", str(path))
+    served = await serve_echo(tmp_path, idp, echo, ca_file)
+    proc, port, path, base = served.proc, served.port, served.config, served.base
     assert proc.stderr is not None
-    await read_until(proc.stderr, "server.listening")
-    base = f"http://127.0.0.1:{port}"
+    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/new/x") as resp:
             assert resp.status == 404

@@ -14,8 +14,8 @@ import pytest
 
 from proxy.testing import EchoUpstream, IdentityProvider
 
-from .conftest import StartProxy, config_dict
-from .test_cli import free_port, read_until, spawn, write_config
+from .conftest import StartProxy
+from .test_cli import read_until, serve_echo
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX-only")
 
@@ -23,14 +23,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSI
 async def test_sigterm_drains_then_finishes_in_flight(
     tmp_path: Path, idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
 ) -> None:
-    port = free_port()
-    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
-    server = {"port": port, "drain_delay": 1.0, "shutdown_timeout": 10}
-    path = write_config(tmp_path, config_dict(idp, ca_file, routes, server=server))
-    proc = await spawn("serve", "--config", str(path))
+    served = await serve_echo(tmp_path, idp, echo, ca_file, drain_delay=1.0, shutdown_timeout=10)
+    proc, base = served.proc, served.base
     assert proc.stderr is not None
-    await read_until(proc.stderr, "server.listening")
-    base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         slow = asyncio.ensure_future(session.get(f"{base}/echo/_echo/slow?seconds=2.5"))
         for _ in range(100):

@@ -14,21 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import workers
 from proxy.testing import EchoUpstream, IdentityProvider
 
-from .conftest import config_dict
-from .test_cli import free_port, read_until, spawn, write_config
+from .test_cli import serve_echo
 
+BOTH_LISTENING = "server.listening.*\n(.|\n)*server.listening"
 pytestmark = pytest.mark.skipif(not workers.supported(), reason="needs SO_REUSEPORT (POSIX)")
 
 
 async def test_two_workers_share_the_port_and_metrics_add_up(
     tmp_path: Path, idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
 ) -> None:
-    port = free_port()
-    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
-    raw = config_dict(idp, ca_file, routes, server={"port": port, "workers": 2})
-    proc = await spawn("serve", "--config", str(write_config(tmp_path, raw)))
-    assert proc.stderr is not None
-    await read_until(proc.stderr, "server.listening.*\n(.|\n)*server.listening")
+    served = await serve_echo(tmp_path, idp, echo, ca_file, listening=BOTH_LISTENING, workers=2)
+    proc, port = served.proc, served.port
     base = f"http://127.0.0.1:{port}"
     total = 60
     for _ in range(total):  # a new connection each time: the kernel spreads them
@@ -64,12 +60,8 @@ async def test_two_workers_share_the_port_and_metrics_add_up(
 async def test_requests_spread_over_both_workers(
     tmp_path: Path, idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
 ) -> None:
-    port = free_port()
-    routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
-    raw = config_dict(idp, ca_file, routes, server={"port": port, "workers": 2})
-    proc = await spawn("serve", "--config", str(write_config(tmp_path, raw)))
-    assert proc.stderr is not None
-    await read_until(proc.stderr, "server.listening.*\n(.|\n)*server.listening")
+    served = await serve_echo(tmp_path, idp, echo, ca_file, listening=BOTH_LISTENING, workers=2)
+    proc, port = served.proc, served.port
     for _ in range(40):
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
