@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.errors import TokenUnavailable
 from proxy.testing import EchoUpstream, IdentityProvider
 from proxy.tokens import CachingProvider, Token, TokenError
 
@@ -124,7 +125,7 @@ class Scripted:
 async def test_retry_after_from_identity_provider_is_honoured() -> None:
     source = Scripted([TokenError("temporarily_unavailable", "429", retry_after=1.5)])
     cache = CachingProvider(source, wait_timeout=1)
-    with pytest.raises(Exception, match="identity provider"):
+    with pytest.raises(TokenUnavailable, match="identity provider"):
         await cache.get("s/.default")
     await asyncio.sleep(1.0)
     assert len(source.calls) == 1  # jittered backoff alone would have retried by now
