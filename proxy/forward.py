@@ -138,7 +138,7 @@ class Forwarder:
             raise NoRoute("no route matches this path")
         route = target.route
         fields["route"] = route.name
-        self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
+        self.in_flight[route.name] += 1  # every route has its counter from the start
         try:
             return await self._forward_route(request, request_id, fields, target, listener)
         finally:
