@@ -1,4 +1,5 @@
-"""Who may use the proxy, and for what: client keys, client grants and route policy.
+"""Who may use the proxy, and for what: client keys, client grants, and refusing to be
+reachable by anyone without them.
 
 Pure functions over prepared state; ``proxy.guard`` calls them from its middleware.
 """
@@ -8,19 +9,21 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import re
 import secrets
 from base64 import b64decode
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote
 
-from .config import RouteConfig
+from aiohttp import web
+
+from .config import Config, RouteConfig
 from .config.access import AccessClient, AccessConfig
-from .errors import Forbidden, MethodNotAllowed, PathNotAllowed, Unauthenticated
+from .errors import Forbidden, Unauthenticated
+from .peers import is_loopback
 
 KEY_HEADER = "X-Api-Key"
-_SLASHES = re.compile("/{2,}")
+# The client the guard authenticated, on the request for the handlers that need it (the tap).
+CLIENT = web.RequestKey("access_client", AccessClient)
 _KEY_PREFIX = "ppk_"  # makes a leaked key easy to recognise for secret scanners
 
 
@@ -85,72 +88,24 @@ def authorize(client: AccessClient, route: RouteConfig, method: str) -> None:
         raise Forbidden(f"client {client.name!r} may not send {method} requests")
 
 
-class Policy:
-    """A route's ``methods``, ``allow_paths`` and ``deny_paths``, compiled once at start.
-
-    Paths are globs on the percent-decoded path after the route's prefix, matched without
-    regard to case (the Power Platform upstreams are case-insensitive, so ``/Admin`` must not
-    slip past a deny of ``/admin``): ``*`` is any run of characters within one segment,
-    ``**`` any run across segments, ``?`` one character other than ``/``.
-    """
-
-    def __init__(self, route: RouteConfig) -> None:
-        policy = route.policy
-        self._prefix = route.prefix
-        self._methods = policy.methods
-        self._allow = [compile_glob(g) for g in policy.allow_paths]
-        self._deny = [compile_glob(g) for g in policy.deny_paths]
-
-    def check(self, method: str, raw_path: str, *, prefixed: bool = True) -> None:
-        """Raise ``MethodNotAllowed`` or ``PathNotAllowed``; ``raw_path`` is the whole target,
-        with the route's prefix unless it came to the route's own port (``prefixed=False``)."""
-        if self._methods is not None and method not in self._methods:
-            # 405, not 403: the method is what this resource takes through the gateway, for
-            # every client, and the Allow header tells the client what it may do instead.
-            raise MethodNotAllowed(
-                f"this route takes only {', '.join(sorted(self._methods))}",
-                allow=sorted(self._methods),
-            )
-        if not (self._allow or self._deny):
-            return
-        path = self.path_after_prefix(raw_path, None if prefixed else "/")
-        if any(g.fullmatch(path) for g in self._deny):
-            raise PathNotAllowed("this path is denied on this route")
-        if self._allow and not any(g.fullmatch(path) for g in self._allow):
-            raise PathNotAllowed("this path is not allowed on this route")
-
-    def path_after_prefix(self, raw_path: str, prefix: str | None = None) -> str:
-        """The decoded path after the prefix, always starting with ``/``."""
-        path = raw_path.split("?", 1)[0]
-        prefix = self._prefix if prefix is None else prefix
-        if prefix != "/":
-            path = path[len(prefix) :]
-        # Hygiene ran first: no %2f, %5c or dot segments, so decoding adds no segment. Runs of
-        # slashes count as one, as most servers read them, so "//admin" cannot dodge a deny.
-        return _SLASHES.sub("/", "/" + unquote(path))
+def exposure_problem(config: Config) -> str | None:
+    """Why the proxy must not start on ``server.host``, or ``None`` when it may."""
+    host = config.server.host
+    if is_loopback(host) or config.access.enabled or config.server.allow_anonymous_remote:
+        return None
+    return (
+        f"refusing to listen on {host}: it is not a loopback address, and anyone who can reach "
+        "it would act as the service principal. Add [[access.clients]] (keys from "
+        "`ppproxy keygen`), or set server.allow_anonymous_remote = true if the network in front "
+        "of it is controlled, or listen on 127.0.0.1."
+    )
 
 
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """A glob (``*``, ``**``, ``?``) as a case-insensitive regular expression."""
-    if not pattern.startswith("/"):
-        pattern = "/" + pattern
-    parts: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            parts.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            parts.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            parts.append("[^/]")
-            i += 1
-        else:
-            parts.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
-
-
-def policies(routes: Sequence[RouteConfig]) -> dict[str, Policy]:
-    return {r.name: Policy(r) for r in routes}
+def anonymous_warning(config: Config) -> str | None:
+    """The warning shown at start and on /_proxy/readyz while anyone may use the proxy."""
+    if not config.server.allow_anonymous_remote or config.access.enabled:
+        return None
+    return (
+        "server.allow_anonymous_remote is on and [access] has no clients: anyone who can "
+        f"reach {config.server.host}:{config.server.port} acts as the service principal"
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiohttp import StreamReader, web
 
 from .errors import BadRequest, PayloadTooLarge
+from .exchange import BodyCapture
 
 BodyData = bytes | AsyncIterator[bytes] | StreamReader | None
 
@@ -21,8 +22,27 @@ class RequestBody:
     too_large: bool = False  # set when a streamed body went past max_body_bytes
 
 
-async def prepare(request: web.Request, *, replay_limit: int, max_bytes: int | None) -> RequestBody:
-    """Read at most ``replay_limit`` bytes ahead; stream the rest, enforcing ``max_bytes``."""
+async def prepare(
+    request: web.Request,
+    *,
+    replay_limit: int,
+    max_bytes: int | None,
+    capture: BodyCapture | None = None,
+) -> RequestBody:
+    """Read at most ``replay_limit`` bytes ahead; stream the rest, enforcing ``max_bytes``.
+
+    ``capture``, when given, gets a bounded copy of the body as it passes upstream."""
+    body = await _prepare(request, replay_limit, max_bytes)
+    if capture is not None and body.data is not None:
+        if isinstance(body.data, bytes):
+            capture.add(body.data)
+        else:
+            chunks = body.data.iter_any() if isinstance(body.data, StreamReader) else body.data
+            body.data = _copied(chunks, capture)
+    return body
+
+
+async def _prepare(request: web.Request, replay_limit: int, max_bytes: int | None) -> RequestBody:
     if not request.body_exists:
         return RequestBody(None, True, None)
     content = request.content
@@ -64,4 +84,11 @@ async def _rest(
         if max_bytes is not None and sent > max_bytes:
             body.too_large = True
             raise PayloadTooLarge(f"the body is over {max_bytes} bytes, this route's limit")
+        yield chunk
+
+
+async def _copied(chunks: AsyncIterator[bytes], capture: BodyCapture) -> AsyncIterator[bytes]:
+    """``chunks`` as they are pulled upstream, each copied into ``capture`` on the way."""
+    async for chunk in chunks:
+        capture.add(chunk)
         yield chunk

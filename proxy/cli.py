@@ -13,12 +13,12 @@ from typing import TextIO
 
 import structlog
 
-from . import __version__, admin, demo, guard, observe, workers
-from .access import new_key
+from . import __version__, commands, demo, observe, workers
+from .access import anonymous_warning, exposure_problem, new_key
 from .app import create_app
 from .config import Config, from_dict, load
 from .errors import ConfigError
-from .identity import MsalProvider, warn_about_literal_secrets
+from .identity import msal_provider, warn_about_literal_secrets
 from .server import run
 from .tokens import TokenError
 
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default: 8080)")
     demo.add_argument("--tap", action="store_true", help="turn the debugging tap on")
     sub.add_parser("keygen", help="print a new client key and its key_sha256 for [access]")
-    admin.add_commands(sub, common, config_help)
+    commands.add_commands(sub, common, config_help)
     return parser
 
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "check":
         return asyncio.run(check(config, sys.stdout))
     if args.command in ("token", "register-app"):
-        return admin.run(args, config, sys.stdout, sys.stderr)
+        return commands.run(args, config, sys.stdout, sys.stderr)
     return serve(config, log_level=args.log_level, source=source)
 
 
@@ -150,11 +150,11 @@ def serve(
     source: ConfigSource | None = None,
 ) -> int:
     """Run the proxy until SIGINT or SIGTERM; the exit code."""
-    problem = guard.exposure_problem(config)
+    problem = exposure_problem(config)
     if problem is not None:
         print(f"ppproxy: {problem}", file=sys.stderr)
         return 2
-    warning = guard.anonymous_warning(config)
+    warning = anonymous_warning(config)
     if warning is not None:
         log.warning("server.anonymous_remote", warning=f"WARNING: {warning}")
     try:
@@ -195,13 +195,13 @@ def keygen(out: TextIO, err: TextIO) -> int:
 
 async def check(config: Config, out: TextIO) -> int:
     """Get a token for every route and print a table; 0 only when all succeed."""
-    providers = {n: MsalProvider(i, config.outbound) for n, i in config.identities.items()}
+    providers = {n: msal_provider(i, config.outbound) for n, i in config.identities.items()}
     pairs = sorted({(r.identity, r.scope) for r in config.routes})
 
     async def one(identity: str, scope: str) -> str:
         try:
             token = await asyncio.wait_for(
-                providers[identity].get(scope), config.outbound.connect_timeout * 3
+                providers[identity].token(scope), config.outbound.connect_timeout * 3
             )
         except TokenError as e:
             return f"ERROR {e.error}: {e.description.splitlines()[0] if e.description else ''}"
@@ -215,7 +215,7 @@ async def check(config: Config, out: TextIO) -> int:
         )
     finally:
         for provider in providers.values():
-            provider.close()
+            await provider.close()
     rows = [("ROUTE", "UPSTREAM", "SCOPE", "IDENTITY", "TOKEN")]
     rows += [
         (r.name, r.upstream, r.scope, r.identity, results[(r.identity, r.scope)])

@@ -1,24 +1,58 @@
-"""Prometheus metrics: request counters and histograms fed from each request's access fields,
+"""Prometheus metrics: request counters and histograms fed by an observer of every exchange,
 and gauges read from the live state (in-flight requests, queues, tokens) at scrape time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from .tokens import CachingProvider, TokenProvider
+from .exchange import Exchange, Observer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "MERGE", "TRACE"}
+)
+
+# The live-state families, defined once for both the one-process collector and the
+# multiprocess gauges: name -> (help, labels).
+IN_FLIGHT = ("ppproxy_requests_in_flight", "Requests being served, by route", ("route",))
+QUEUED = (
+    "ppproxy_requests_queued",
+    "Requests waiting for a max_concurrency slot, by route",
+    ("route",),
+)
+TOKENS = (
+    "ppproxy_token_requests",
+    "Token requests to the identity provider by identity, scope and result",
+    ("identity", "scope", "result"),
+)
+EXPIRY = (
+    "ppproxy_token_expiry_seconds",
+    "Seconds until the current token expires (negative: expired)",
+    ("identity", "scope"),
+)
+ERRORS = ("ppproxy_identity_errors", "Identity provider errors by error code", ("code",))
 
 
-class Metrics:
+@dataclass
+class Snapshot:
+    """The live state at one moment (see ``Runtime.snapshot``)."""
+
+    in_flight: dict[str, int] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)
+    tokens: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    expiry: dict[tuple[str, str], float] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class Metrics(Observer):
     """One registry per application (tests run several side by side).
 
     With several worker processes (``multiprocess_dir``), prometheus-client's multiprocess mode
@@ -55,16 +89,18 @@ class Metrics:
             "ppproxy_response_bytes", "Response body bytes sent to clients", ["route"],
             registry=r,
         )  # fmt: skip
-        self._state: StateCollector | None = None
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._route_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._snapshot: Callable[[], Snapshot] | None = None
         self._shared: _SharedState | None = None
 
-    def observe(self, fields: Mapping[str, Any]) -> None:
-        """Count one finished request from its access-log fields."""
-        route = str(fields.get("route", ""))
-        status = int(fields.get("status", 0))
-        method = str(fields.get("method", ""))
+    def finished(self, exchange: Exchange) -> None:
+        """Count one exchange the forwarder handled (refusals by the guard are not counted)."""
+        if exchange.refused:
+            return
+        route = exchange.route or ""
+        status = exchange.status
+        method = exchange.method
         # Methods are client-chosen strings: keep the label set bounded.
         method = method if method in _KNOWN_METHODS else "other"
         status_class = f"{status // 100}xx" if status >= 100 else "aborted"
@@ -83,112 +119,49 @@ class Metrics:
                 self.bytes_out.labels(route),
             )
         duration, upstream, bytes_in, bytes_out = per_route
-        duration.observe(float(fields.get("duration_ms", 0)) / 1000)
-        if "upstream_ms" in fields:
-            upstream.observe(float(fields["upstream_ms"]) / 1000)
-        bytes_in.inc(int(fields.get("bytes_in", 0)))
-        bytes_out.inc(int(fields.get("bytes_out", 0) or 0))
+        duration.observe(exchange.duration_ms / 1000)
+        if exchange.upstream_ms is not None:
+            upstream.observe(exchange.upstream_ms / 1000)
+        bytes_in.inc(exchange.bytes_in)
+        bytes_out.inc(exchange.bytes_out or 0)
 
-    def set_state(self, collector: StateCollector) -> None:
-        """Read the live state from ``collector`` (again after a reload)."""
+    def watch(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Read the live state from ``snapshot`` at scrape time (or once a second, see sync)."""
+        self._snapshot = snapshot
         if self.multiprocess_dir is None:
-            if self._state is not None:
-                self.registry.unregister(self._state)
-            self.registry.register(collector)
-        elif self._shared is None:
+            self.registry.register(_LiveCollector(snapshot))
+        else:
             self._shared = _SharedState()
-        self._state = collector
 
     def sync(self) -> None:
         """Copy the live state into the multiprocess gauges (several workers only)."""
-        if self._state is not None and self._shared is not None:
-            self._shared.update(self._state.snapshot())
+        if self._snapshot is not None and self._shared is not None:
+            self._shared.update(self._snapshot())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-_KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "MERGE", "TRACE"}
-)
-
-
-class StateCollector(Collector):
+class _LiveCollector(Collector):
     """Gauges and token counters read at scrape time, so the request path pays nothing."""
 
-    def __init__(
-        self,
-        providers: Mapping[str, TokenProvider],
-        in_flight: Mapping[str, int],
-        queued: Mapping[str, Any],
-    ) -> None:
-        self._providers = providers
-        self._in_flight = in_flight
-        self._queued = queued
-
-    def snapshot(self) -> Snapshot:
-        """The live state, read without side effects."""
-        snap = Snapshot(
-            in_flight=dict(self._in_flight),
-            queued={route: limiter.waiting for route, limiter in self._queued.items()},
-        )
-        for identity, provider in self._providers.items():
-            if not isinstance(provider, CachingProvider):
-                continue
-            status = provider.status()
-            for scope, (ok, failed) in provider.counts().items():
-                snap.tokens[(identity, scope, "success")] = ok
-                snap.tokens[(identity, scope, "error")] = sum(failed.values())
-                for code, n in failed.items():
-                    snap.errors[code] = snap.errors.get(code, 0) + n
-                left = status[scope].expires_in if scope in status else None
-                if left is not None:
-                    snap.expiry[(identity, scope)] = left
-        return snap
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
-        snap = self.snapshot()
-        flight = GaugeMetricFamily(
-            "ppproxy_requests_in_flight", "Requests being served, by route", labels=["route"]
-        )
-        for route, n in snap.in_flight.items():
-            flight.add_metric([route], n)
-        queued = GaugeMetricFamily(
-            "ppproxy_requests_queued",
-            "Requests waiting for a max_concurrency slot, by route",
-            labels=["route"],
-        )
-        for route, n in snap.queued.items():
-            queued.add_metric([route], n)
-        tokens = CounterMetricFamily(
-            "ppproxy_token_requests",
-            "Token requests to the identity provider by identity, scope and result",
-            labels=["identity", "scope", "result"],
-        )
-        for labels, n in snap.tokens.items():
-            tokens.add_metric(list(labels), n)
-        expiry = GaugeMetricFamily(
-            "ppproxy_token_expiry_seconds",
-            "Seconds until the current token expires (negative: expired)",
-            labels=["identity", "scope"],
-        )
-        for pair, left in snap.expiry.items():
-            expiry.add_metric(list(pair), left)
-        errors = CounterMetricFamily(
-            "ppproxy_identity_errors", "Identity provider errors by error code", labels=["code"]
-        )
-        for code, n in sorted(snap.errors.items()):
-            errors.add_metric([code], n)
-        yield from (flight, queued, tokens, expiry, errors)
-
-
-@dataclass
-class Snapshot:
-    in_flight: dict[str, int] = field(default_factory=dict)
-    queued: dict[str, int] = field(default_factory=dict)
-    tokens: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    expiry: dict[tuple[str, str], float] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
+        snap = self._snapshot()
+        families: list[tuple[Any, tuple[str, str, tuple[str, ...]], dict[Any, Any]]] = [
+            (GaugeMetricFamily, IN_FLIGHT, {(k,): v for k, v in snap.in_flight.items()}),
+            (GaugeMetricFamily, QUEUED, {(k,): v for k, v in snap.queued.items()}),
+            (CounterMetricFamily, TOKENS, snap.tokens),
+            (GaugeMetricFamily, EXPIRY, snap.expiry),
+            (CounterMetricFamily, ERRORS, {(k,): v for k, v in sorted(snap.errors.items())}),
+        ]
+        for kind, (name, help_text, labels), values in families:
+            family = kind(name, help_text, labels=list(labels))
+            for label_values, value in values.items():
+                family.add_metric(list(label_values), value)
+            yield family
 
 
 class _SharedState:
@@ -196,26 +169,21 @@ class _SharedState:
     the soonest expiry over workers (each worker holds its own tokens), counters by delta."""
 
     def __init__(self) -> None:
-        self.in_flight = Gauge(
-            "ppproxy_requests_in_flight", "Requests being served, by route", ["route"],
-            registry=None, multiprocess_mode="livesum",
-        )  # fmt: skip
-        self.queued = Gauge(
-            "ppproxy_requests_queued", "Requests waiting for a max_concurrency slot, by route",
-            ["route"], registry=None, multiprocess_mode="livesum",
-        )  # fmt: skip
-        self.expiry = Gauge(
-            "ppproxy_token_expiry_seconds", "Seconds until the current token expires",
-            ["identity", "scope"], registry=None, multiprocess_mode="livemin",
-        )  # fmt: skip
-        self.tokens = Counter(
-            "ppproxy_token_requests", "Token requests to the identity provider",
-            ["identity", "scope", "result"], registry=None,
-        )  # fmt: skip
-        self.errors = Counter(
-            "ppproxy_identity_errors", "Identity provider errors by error code", ["code"],
-            registry=None,
-        )  # fmt: skip
+        def gauge(
+            spec: tuple[str, str, tuple[str, ...]], mode: Literal["livesum", "livemin"]
+        ) -> Gauge:
+            name, help_text, labels = spec
+            return Gauge(name, help_text, labels, registry=None, multiprocess_mode=mode)
+
+        def counter(spec: tuple[str, str, tuple[str, ...]]) -> Counter:
+            name, help_text, labels = spec
+            return Counter(name, help_text, labels, registry=None)
+
+        self.in_flight = gauge(IN_FLIGHT, "livesum")
+        self.queued = gauge(QUEUED, "livesum")
+        self.expiry = gauge(EXPIRY, "livemin")
+        self.tokens = counter(TOKENS)
+        self.errors = counter(ERRORS)
         self._seen_tokens: dict[tuple[str, str, str], int] = {}
         self._seen_errors: dict[str, int] = {}
 

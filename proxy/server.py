@@ -11,8 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .app import CONFIG, STATE
-from .app import reload as reload_app
+from .app import RUNTIME
 from .config import Config, ServerConfig
 from .errors import ConfigError
 
@@ -33,28 +32,10 @@ async def run(
     ``drain_delay`` (load balancers notice), then closes; in-flight requests get
     ``shutdown_timeout`` to finish.
     """
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=server.shutdown_timeout,
-    )
+    runner = runner_for(app)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
-        await site.start()
-        address = _address(runner.addresses[0])
-        log.info("server.listening", address=address)
-        for route in app[CONFIG].routes:
-            if route.port is not None:  # the route's own listener: no prefix needed there
-                await web.TCPSite(
-                    runner, server.host, route.port, reuse_port=reuse_port or None
-                ).start()
-                log.info(
-                    "server.listening",
-                    address=_address((server.host, route.port)),
-                    route=route.name,
-                )
+        address = await listen(runner, server.host, server.port, reuse_port=reuse_port)
         if on_ready is not None:
             await on_ready(address)
         stop = asyncio.Event()
@@ -73,13 +54,37 @@ async def run(
             with contextlib.suppress(NotImplementedError, AttributeError):
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        app[STATE].draining = True
+        app[RUNTIME].draining = True
         log.info("server.draining", drain_delay=server.drain_delay)
         await asyncio.sleep(server.drain_delay)
         log.info("server.stopping", shutdown_timeout=server.shutdown_timeout)
     finally:
         await runner.cleanup()
         log.info("server.stopped")
+
+
+def runner_for(app: web.Application) -> web.AppRunner:
+    """The runner every listener of ``app`` shares: a client that goes away cancels its
+    handler (and so its upstream request); the proxy writes its own access log."""
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=app[RUNTIME].state.config.server.shutdown_timeout,
+    )
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False) -> str:
+    """Open the main listener on ``host:port`` and every route's own port; the main address."""
+    reuse = reuse_port or None
+    await web.TCPSite(runner, host, port, reuse_port=reuse).start()
+    address = _address(runner.addresses[0])
+    log.info("server.listening", address=address)
+    for route in runner.app[RUNTIME].state.config.routes:
+        if route.port is not None:  # the route's own listener: no prefix needed there
+            await web.TCPSite(runner, host, route.port, reuse_port=reuse).start()
+            log.info("server.listening", address=_address((host, route.port)), route=route.name)
+    return address
 
 
 async def _reload(app: web.Application, load_config: Callable[[], Config]) -> None:
@@ -90,7 +95,7 @@ async def _reload(app: web.Application, load_config: Callable[[], Config]) -> No
     except ConfigError as e:
         log.error("config.reload_rejected", problems=list(e.problems))
         return
-    refused = await reload_app(app, new)
+    refused = await app[RUNTIME].reload(new)
     if refused:
         log.error("config.reload_rejected", problems=refused)
     else:

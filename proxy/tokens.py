@@ -1,10 +1,11 @@
 """Access tokens: the provider interface and the per-scope cache that wraps any provider.
 
-A provider has one small interface (:class:`TokenProvider`): ``await get(scope)`` and
-``invalidate(token)``. :class:`proxy.identity.MsalProvider` asks Entra ID every time.
-:class:`CachingProvider` wraps any provider with one cache entry per scope: single flight (one
-request to Entra however many callers wait), refresh ahead of expiry in the background, and a
-backoff after failures so a broken credential is not hammered.
+A provider has one small interface (:class:`TokenProvider`): ``await token(scope)``,
+``invalidate(token)``, ``status()`` and ``await close()``; callers need nothing else. The MSAL
+providers in :mod:`proxy.identity` ask Entra ID every time. :class:`CachingProvider` wraps any
+provider with one cache entry per scope: single flight (one request to Entra however many callers
+wait), refresh ahead of expiry in the background, and a backoff after failures so a broken
+credential is not hammered.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -34,6 +35,8 @@ class Token:
     lifetime: float
     expires_wall: float  # time.time() clock, for display
     source: str = "entra"  # "entra" when this caller waited for it, "cache" otherwise
+    # A few claims decoded once when the token arrived (never the token): what the tap shows.
+    claims: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def remaining(self, now: float | None = None) -> float:
         return self.expires_at - (time.monotonic() if now is None else now)
@@ -57,22 +60,37 @@ class TokenError(Exception):
         self.retry_after = retry_after  # the identity provider's Retry-After, in seconds
 
 
-class TokenProvider(Protocol):
-    async def get(self, scope: str) -> Token: ...
-
-    def invalidate(self, token: Token) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class ScopeStatus:
-    """What readiness and ``check`` show for one (identity, scope)."""
+    """What readiness and metrics show for one (identity, scope)."""
 
     scope: str
-    usable: bool
     expires_in: float | None
     last_refresh: float | None  # time.time()
     last_error: str | None
     retry_in: float | None
+    successes: int = 0  # token requests that returned a token
+    errors: Mapping[str, int] = field(default_factory=dict)  # failed ones, by error code
+
+
+class TokenProvider(Protocol):
+    """Where access tokens come from; everything the proxy asks of a credential."""
+
+    async def token(self, scope: str) -> Token:
+        """A token for ``scope``; raises ``TokenError`` or ``TokenUnavailable``."""
+        ...
+
+    def invalidate(self, token: Token) -> None:
+        """The upstream refused ``token``: do not hand it out again."""
+        ...
+
+    def status(self) -> Mapping[str, ScopeStatus]:
+        """Per scope asked for so far: expiry, last refresh, errors (empty when not kept)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+        ...
 
 
 class _Entry:
@@ -112,22 +130,23 @@ class CachingProvider:
         self,
         inner: TokenProvider,
         *,
+        name: str = "",
         wait_timeout: float = 5.0,
         max_backoff: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._inner = inner
+        self._name = name  # the identity, for log events
         self._wait_timeout = wait_timeout
         self._max_backoff = max_backoff
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._closed = False
-        self.built_from: object = None  # what the owner built this from (to reuse on reload)
 
     def __repr__(self) -> str:
         return f"CachingProvider({self._inner!r}, scopes={list(self._entries)!r})"
 
-    async def get(self, scope: str) -> Token:
+    async def token(self, scope: str) -> Token:
         entry = self._entries.get(scope) or self._entries.setdefault(scope, _Entry())
         now = self._clock()
         cached = entry.cached
@@ -153,29 +172,20 @@ class CachingProvider:
             entry.token = entry.cached = None
         self._inner.invalidate(token)
 
-    async def prefetch(self, scopes: Sequence[str]) -> None:
-        """Start fetching tokens for ``scopes`` without waiting for them."""
-        for scope in scopes:
-            self._start(scope, self._entries.setdefault(scope, _Entry()))
-
-    def counts(self) -> Mapping[str, tuple[int, Mapping[str, int]]]:
-        """Per scope: successful token requests, and failed ones by error code."""
-        return {scope: (e.successes, dict(e.errors)) for scope, e in self._entries.items()}
-
     def status(self) -> Mapping[str, ScopeStatus]:
         now = self._clock()
-        result = {}
-        for scope, e in self._entries.items():
-            left = e.token.expires_at - now if e.token else None
-            result[scope] = ScopeStatus(
+        return {
+            scope: ScopeStatus(
                 scope,
-                e.token is not None and left is not None and left > safety_margin(e.token.lifetime),
-                left,
+                e.token.expires_at - now if e.token else None,
                 e.last_refresh,
                 f"{e.error.error}: {e.error.description}".rstrip(": ") if e.error else None,
                 max(0.0, e.retry_at - now) if e.error else None,
+                e.successes,
+                dict(e.errors),
             )
-        return result
+            for scope, e in self._entries.items()
+        }
 
     async def close(self) -> None:
         self._closed = True
@@ -189,9 +199,7 @@ class CachingProvider:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        close = getattr(self._inner, "close", None)
-        if callable(close):
-            close()
+        await self._inner.close()
 
     def _start(self, scope: str, entry: _Entry) -> asyncio.Task[Token | TokenError]:
         if entry.task is None:
@@ -200,7 +208,7 @@ class CachingProvider:
 
     async def _fetch(self, scope: str, entry: _Entry) -> Token | TokenError:
         try:
-            token = await self._inner.get(scope)
+            token = await self._inner.token(scope)
         except TokenError as e:
             return self._failed(scope, entry, e)
         except Exception as e:  # any other failure must not kill the cache
@@ -210,14 +218,20 @@ class CachingProvider:
         entry.token, entry.cached = token, replace(token, source="cache")
         entry.error, entry.failures, entry.last_refresh = None, 0, time.time()
         entry.successes += 1
-        log.info("token.refreshed", scope=scope, expires_in=round(token.lifetime))
+        log.info(
+            "token.refreshed", identity=self._name, scope=scope, expires_in=round(token.lifetime)
+        )
         self._schedule(scope, entry, max(0.0, token.lifetime - refresh_lead(token.lifetime)))
         return token
 
     def _failed(self, scope: str, entry: _Entry, error: TokenError) -> TokenError:
         if entry.error is None or entry.error.error != error.error:
             log.warning(
-                "token.failed", scope=scope, error=error.error, description=error.description
+                "token.failed",
+                identity=self._name,
+                scope=scope,
+                error=error.error,
+                description=error.description,
             )
         entry.error = error
         entry.failures += 1

@@ -20,8 +20,9 @@ import structlog
 from aiohttp import web
 
 from proxy import observe
-from proxy.app import CONFIG, create_app
+from proxy.app import create_app
 from proxy.config import Config, from_dict
+from proxy.server import listen, runner_for
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
 SECRET = "test-secret-Zq8~xK2"
@@ -102,15 +103,10 @@ def config_dict(
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    """Serve ``app`` as `ppproxy serve` does (its listeners too), on a free port of 127.0.0.1."""
+    runner = runner_for(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    for route in app[CONFIG].routes:  # a route's own listener, as `ppproxy serve` opens it
-        if route.port is not None:
-            await web.TCPSite(runner, "127.0.0.1", route.port).start()
-    return runner, f"http://{host}:{port}"
+    return runner, await listen(runner, "127.0.0.1", 0)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy import guard
+from proxy.access import exposure_problem
 from proxy.config import Config, ServerConfig, loads
 
 from .conftest import StartProxy
@@ -385,7 +385,7 @@ def test_configmap_config_loads(path: Path, tmp_path: Path) -> None:
     # The NetworkPolicy is the access control in the cluster: the config says so explicitly,
     # so the proxy agrees to listen there.
     assert config.server.allow_anonymous_remote
-    assert guard.exposure_problem(config) is None
+    assert exposure_problem(config) is None
 
 
 @pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=_id)
@@ -696,7 +696,7 @@ def test_docker_config_loads(tmp_path: Path) -> None:
     host = cmd[cmd.index("--host") + 1]
     # The proxy agrees to start on the address the image passes.
     listening = replace(config, server=replace(config.server, host=host))
-    assert guard.exposure_problem(listening) is None
+    assert exposure_problem(listening) is None
 
 
 async def test_dockerfile_healthcheck_works(start_proxy: StartProxy, unused_port: int) -> None:

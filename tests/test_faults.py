@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 
 import aiohttp
 import pytest
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from proxy.errors import TokenUnavailable
 from proxy.testing import EchoUpstream, IdentityProvider
-from proxy.tokens import CachingProvider, Token, TokenError
+from proxy.tokens import CachingProvider, ScopeStatus, Token, TokenError
 
 from .conftest import StartProxy
 from .upstreams import upstream
@@ -111,7 +112,7 @@ class Scripted:
         self.errors = errors
         self.calls: list[float] = []
 
-    async def get(self, scope: str) -> Token:
+    async def token(self, scope: str) -> Token:
         self.calls.append(time.monotonic())
         if self.errors:
             raise self.errors.pop(0)
@@ -121,29 +122,35 @@ class Scripted:
     def invalidate(self, token: Token) -> None:
         return None
 
+    def status(self) -> Mapping[str, ScopeStatus]:
+        return {}
+
+    async def close(self) -> None:
+        return None
+
 
 async def test_retry_after_from_identity_provider_is_honoured() -> None:
     source = Scripted([TokenError("temporarily_unavailable", "429", retry_after=1.5)])
     cache = CachingProvider(source, wait_timeout=1)
     with pytest.raises(TokenUnavailable, match="identity provider"):
-        await cache.get("s/.default")
+        await cache.token("s/.default")
     await asyncio.sleep(1.0)
     assert len(source.calls) == 1  # jittered backoff alone would have retried by now
     await asyncio.sleep(0.8)
     assert len(source.calls) == 2
-    assert (await cache.get("s/.default")).value == "tok-2"
+    assert (await cache.token("s/.default")).value == "tok-2"
     await cache.close()
 
 
 async def test_invalidate_drops_only_the_current_token() -> None:
     source = Scripted([])
     cache = CachingProvider(source)
-    first = await cache.get("s")
+    first = await cache.token("s")
     cache.invalidate(first)
-    second = await cache.get("s")
+    second = await cache.token("s")
     assert second.value != first.value
     cache.invalidate(first)  # stale: someone else already replaced it
-    assert (await cache.get("s")).value == second.value
+    assert (await cache.token("s")).value == second.value
     assert len(source.calls) == 2
     await cache.close()
 

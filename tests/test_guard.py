@@ -13,10 +13,12 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import guard
-from proxy.access import compile_glob
+from proxy.access import exposure_problem
+from proxy.browsers import allowed_hosts, check_browser
 from proxy.config import from_dict
 from proxy.errors import ProxyError
+from proxy.hygiene import check_request
+from proxy.policy import compile_glob
 from proxy.testing import EchoUpstream
 
 from .conftest import StartProxy, raw_exchange
@@ -32,7 +34,7 @@ def headers(**extra: str) -> CIMultiDict[str]:
 
 def verdict(method: str, target: str, h: CIMultiDict[str] | None = None) -> str | None:
     try:
-        guard.check_request(method, target, headers() if h is None else h)
+        check_request(method, target, headers() if h is None else h)
     except ProxyError as e:
         return f"{e.status} {e.code}"
     return None
@@ -123,7 +125,7 @@ def browser(h: CIMultiDict[str], allowed: tuple[str, ...] = ()) -> str | None:
         {"server": {"allowed_hosts": list(allowed)}, **_MINIMAL}, {}, base_dir=Path()
     )
     try:
-        guard.check_browser(h, guard.allowed_hosts(server.server))
+        check_browser(h, allowed_hosts(server.server))
     except ProxyError as e:
         return e.code
     return None
@@ -292,7 +294,7 @@ def test_exposure_check(
     if access is not None:
         raw["access"] = access
     config = from_dict(raw, {}, base_dir=Path())
-    assert (guard.exposure_problem(config) is not None) is refused
+    assert (exposure_problem(config) is not None) is refused
 
 
 async def test_serve_refuses_non_loopback_without_access(tmp_path: Path) -> None:

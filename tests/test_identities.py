@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from proxy.config import ConfigError, IdentityConfig, OutboundConfig, from_dict
-from proxy.credentials import literal_secret_warning
-from proxy.identity import MsalProvider
+from proxy.credential_files import literal_secret_warning
+from proxy.identity import msal_provider
 from proxy.presets import POWERAPPS_SCOPE
 from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing._assertions import JWT_BEARER, Federation
@@ -48,11 +48,11 @@ def identity(idp: IdentityProvider, ca_file: Path, **keys: Any) -> IdentityConfi
 
 
 async def token(identity: IdentityConfig, ca_file: Path, scope: str = POWERAPPS_SCOPE) -> str:
-    provider = MsalProvider(identity, OutboundConfig(ca_file=ca_file))
+    provider = msal_provider(identity, OutboundConfig(ca_file=ca_file))
     try:
-        return (await provider.get(scope)).value
+        return (await provider.token(scope)).value
     finally:
-        provider.close()
+        await provider.close()
 
 
 async def refused(identity: IdentityConfig, ca_file: Path) -> TokenError:
@@ -181,14 +181,14 @@ async def test_client_secret_file_is_reread_for_every_token(
     secret_file = tmp_path / "secret"
     secret_file.write_text("old-secret\n")
     ident = identity(idp, ca_file, client_id=CLIENT, client_secret_file=str(secret_file))
-    provider = MsalProvider(ident, OutboundConfig(ca_file=ca_file))
+    provider = msal_provider(ident, OutboundConfig(ca_file=ca_file))
     try:
         with pytest.raises(TokenError) as info:
-            await provider.get(POWERAPPS_SCOPE)
+            await provider.token(POWERAPPS_SCOPE)
         secret_file.write_text(f"{SECRET}\nignored second line\n")
-        claims = idp.verify((await provider.get(POWERAPPS_SCOPE)).value)
+        claims = idp.verify((await provider.token(POWERAPPS_SCOPE)).value)
     finally:
-        provider.close()
+        await provider.close()
 
     assert info.value.codes == (7000215,)
     assert claims["appid"] == CLIENT
@@ -242,14 +242,14 @@ async def test_password_file_is_reread_and_a_wrong_one_is_refused(
     ident = identity(
         idp443, ca_file, client_id=PUBLIC_CLIENT, username=USER, password_file=str(password_file)
     )
-    provider = MsalProvider(ident, OutboundConfig(ca_file=ca_file))
+    provider = msal_provider(ident, OutboundConfig(ca_file=ca_file))
     try:
         with pytest.raises(TokenError) as info:
-            await provider.get(POWERAPPS_SCOPE)
+            await provider.token(POWERAPPS_SCOPE)
         password_file.write_text(PASSWORD + "\n")
-        claims = idp443.verify((await provider.get(POWERAPPS_SCOPE)).value)
+        claims = idp443.verify((await provider.token(POWERAPPS_SCOPE)).value)
     finally:
-        provider.close()
+        await provider.close()
 
     assert (info.value.error, info.value.codes) == ("invalid_grant", (50126,))
     assert claims["upn"] == USER
@@ -334,14 +334,14 @@ async def test_federated_token_file_is_reread_for_every_token(
         tmp_path / "token", subject, issued_at=0, lifetime=60
     )  # expired in 1970
     ident = identity(idp, ca_file, client_id="wi-app", federated_token_file=str(token_file))
-    provider = MsalProvider(ident, OutboundConfig(ca_file=ca_file))
+    provider = msal_provider(ident, OutboundConfig(ca_file=ca_file))
     try:
         with pytest.raises(TokenError) as info:
-            await provider.get(POWERAPPS_SCOPE)
+            await provider.token(POWERAPPS_SCOPE)
         issuer.write_token(token_file, subject)
-        claims = idp.verify((await provider.get(POWERAPPS_SCOPE)).value)
+        claims = idp.verify((await provider.token(POWERAPPS_SCOPE)).value)
     finally:
-        provider.close()
+        await provider.close()
 
     assert (info.value.error, info.value.codes) == ("invalid_client", (700024,))
     assert claims["appid"] == "wi-app"
@@ -499,7 +499,7 @@ def test_secrets_never_show_in_errors_or_reprs(tmp_path: Path) -> None:
         base_dir=tmp_path,
     )
     shown = (
-        repr(config) + str(config) + repr(MsalProvider(config.identities["a"], OutboundConfig()))
+        repr(config) + str(config) + repr(msal_provider(config.identities["a"], OutboundConfig()))
     )
     assert "pw-hidden" not in shown
     assert "secret-hidden" not in shown

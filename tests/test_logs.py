@@ -28,7 +28,7 @@ async def test_access_event_fields(
     assert (first["method"], first["status"], first["route"]) == ("POST", 200, "echo")
     assert first["request_id"] == request_id
     assert (first["bytes_in"], first["bytes_out"]) == (5, len(body))
-    assert (first["token"], second["token"]) == ("entra", "cache")
+    assert (first["token_source"], second["token_source"]) == ("entra", "cache")
     for key in ("duration_ms", "upstream_ms", "token_wait_ms"):
         assert isinstance(first[key], float)
 

@@ -24,7 +24,9 @@ from proxy.app import TAP, create_app
 from proxy.config import from_dict
 from proxy.config.tap import TapConfig
 from proxy.errors import ConfigError
-from proxy.tap.capture import BodyCapture, body_record, claims_summary
+from proxy.exchange import BodyCapture
+from proxy.jwt_unverified import summary as claims_summary
+from proxy.tap.capture import body_record
 from proxy.testing import EchoUpstream, IdentityProvider, pattern_sha256
 
 from .conftest import Proxy, StartProxy, config_dict, serve_app

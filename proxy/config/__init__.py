@@ -16,7 +16,6 @@ from .model import (
     ServerConfig,
     TokensConfig,
 )
-from .routes import is_loopback
 
 __all__ = [
     "Config",
@@ -28,7 +27,6 @@ __all__ = [
     "ServerConfig",
     "TokensConfig",
     "from_dict",
-    "is_loopback",
     "load",
     "loads",
 ]

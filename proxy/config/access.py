@@ -27,7 +27,7 @@ class AccessClient:
     key_sha256: bytes  # the digest, 32 bytes; compared with hmac.compare_digest
     routes: frozenset[str] | None = None
     methods: frozenset[str] | None = None
-    admin: bool = False  # may use the traffic tap (a later feature)
+    admin: bool = False  # may open the debugging tap
 
     def __repr__(self) -> str:
         return f"AccessClient(name={self.name!r})"

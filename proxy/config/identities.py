@@ -14,7 +14,7 @@ from typing import Any
 from yarl import URL
 
 from .. import presets
-from ..credentials import CredentialError, load_certificate
+from ..credential_files import CredentialError, load_certificate
 from .model import IdentityConfig, Secret
 from .parse import NAME, Problems, _FromEnv, get, only, show
 

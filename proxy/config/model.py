@@ -145,10 +145,6 @@ class RouteConfig:
     limits: RouteLimits = field(default_factory=RouteLimits)
     edits: RouteEdits = field(default_factory=RouteEdits)
 
-    @property
-    def upstream_origin(self) -> str:
-        return str(URL(self.upstream).origin())
-
 
 @dataclass(frozen=True, slots=True)
 class Config:

@@ -18,7 +18,7 @@ _PROTECTED_HEADERS = frozenset({"authorization", "host"})
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
-    """Who may do what on a route (issue: gateway security)."""
+    """Who may do what on a route: checked by the guard before anything is forwarded."""
 
     methods: frozenset[str] | None = None  # None: every method
     allow_paths: tuple[str, ...] = ()  # glob patterns on the path after the prefix

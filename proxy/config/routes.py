@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
 from yarl import URL
 
 from .. import presets
+from ..peers import is_loopback
 from .model import IdentityConfig, RouteConfig
 from .parse import NAME, Problems, get, only, show
 from .route_options import OPTION_KEYS, parse_edits, parse_limits, parse_policy
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` names this machine (an ``http://`` upstream is allowed only there)."""
-    if host is None:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 _ROUTE_KEYS = {
     "name",

@@ -4,9 +4,9 @@ to a JSON-lines file.
 
 ::
 
-    forward.py hooks ─► store.Tap (capture.Exchange → capture.record, redacted)
-                          ├── ring buffer ─► endpoints (page, SSE, JSON, har.py)
-                          └── recorder.Recorder (JSON lines, rotated)
+    exchange observers ─► store.Tap (captures → capture.record, redacted)
+                            ├── ring buffer ─► endpoints (page, SSE, JSON, har.py)
+                            └── recorder.Recorder (JSON lines, rotated)
 """
 
 from .endpoints import EVENTS, EXCHANGES, HAR, PAGE, install, may_look

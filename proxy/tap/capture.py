@@ -1,91 +1,27 @@
-"""One captured exchange while it happens, and the redacted record it becomes when it ends.
+"""The redacted record a finished exchange becomes in the tap.
 
-Capture copies at most ``max_body_bytes`` of each body as the chunks pass; it never holds a
-chunk back. The record is built once, at the end, and everything in it has been through
+Bodies were copied (at most ``max_body_bytes`` each) into the exchange's captures while they
+streamed. The record is built once, at the end, and everything in it has been through
 :func:`proxy.observe.redact`: headers by name and shape, paths, bodies and error text by shape.
-The injected token is never kept: only a summary of its claims is decoded from it.
+The injected token is never kept: only a summary of its claims, decoded when it was issued.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
+from ..exchange import BodyCapture, Exchange
 from ..observe import redact, redact_text
+from ..timefmt import iso
 
 Record = dict[str, Any]
 _TEXT_TYPES = ("json", "xml", "javascript", "x-www-form-urlencoded", "yaml", "csv", "graphql")
-CLAIMS = ("aud", "appid", "roles", "exp")
 
 
-class BodyCapture:
-    """The first ``cap`` bytes of a body and its full size; ``add`` is called per chunk."""
-
-    __slots__ = ("_cap", "data", "size")
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self.data = bytearray()
-        self.size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        room = self._cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-
-    @property
-    def truncated(self) -> bool:
-        return self.size > len(self.data)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """The mutable state of one exchange in flight. Nothing here is shown before ``record``."""
-
-    id: int
-    started: float  # time.time()
-    method: str
-    target: str  # path and query as the client sent them
-    request_id: str
-    client_headers: list[tuple[str, str]]
-    request_body: BodyCapture
-    response_body: BodyCapture
-    upstream_url: str | None = None
-    upstream_headers: list[tuple[str, str]] | None = None
-    claims: dict[str, Any] | None = None
-    status: int = 0
-    reason: str = ""
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    upstream_http: str = "HTTP/1.1"
-
-
-def claims_summary(token: str) -> dict[str, Any] | None:
-    """``aud``, ``appid`` (or ``azp``), ``roles`` and ``exp`` from a JWT's payload, unverified.
-
-    Only these claims are kept; the token itself goes nowhere."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
-    if not isinstance(payload, dict):
-        return None
-    summary = {k: payload[k] for k in CLAIMS if k in payload}
-    if "appid" not in summary and "azp" in payload:
-        summary["appid"] = payload["azp"]  # v2.0 tokens name the client azp
-    return redact(summary)  # type: ignore[no-any-return]  # a dict in, a dict out
-
-
-def headers_of(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(str(k), str(v)) for k, v in items]
+def headers_of(items: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+    return None if items is None else [(str(k), str(v)) for k, v in items]
 
 
 def _redact_headers(items: list[tuple[str, str]] | None) -> list[list[str]] | None:
@@ -104,10 +40,11 @@ def is_text(content_type: str) -> bool:
     return kind.startswith("text/") or any(t in kind for t in _TEXT_TYPES)
 
 
-def body_record(capture: BodyCapture, headers: list[tuple[str, str]]) -> Record:
+def body_record(capture: BodyCapture | None, headers: list[tuple[str, str]]) -> Record:
     """Size, type, and the text when the body is text: JSON pretty-printed, all redacted."""
     content_type = _header(headers, "Content-Type")
     encoding = _header(headers, "Content-Encoding").strip().lower()
+    capture = capture or BodyCapture(0)
     body: Record = {
         "size": capture.size,
         "mime_type": content_type.split(";", 1)[0].strip(),
@@ -145,43 +82,45 @@ def _looks_like_text(data: bytearray) -> bool:
     return not any(b < 9 or 13 < b < 32 for b in sample)
 
 
-def record(exchange: Exchange, fields: Mapping[str, object]) -> Record:
-    """The redacted, JSON-ready record of a finished exchange; ``fields`` is the access log's."""
-    upstream_headers = exchange.upstream_headers
-    request_headers = upstream_headers if upstream_headers is not None else exchange.client_headers
-    raw_status = fields.get("status")
-    status = raw_status if isinstance(raw_status, int) else exchange.status
-    timings = {
-        "token_wait_ms": fields.get("token_wait_ms"),
-        "upstream_ttfb_ms": fields.get("upstream_ms"),
-        "total_ms": fields.get("duration_ms"),
-    }
+def record(exchange: Exchange, record_id: int) -> Record:
+    """The redacted, JSON-ready record of a finished exchange."""
+    client_headers = headers_of(exchange.request.headers.items()) or []
+    upstream_headers = headers_of(exchange.upstream_headers)
+    response_headers = headers_of(exchange.response_headers) or []
+    request_headers = upstream_headers if upstream_headers is not None else client_headers
+    upstream_url = exchange.upstream_url
     return {
-        "id": exchange.id,
-        "time": _iso(exchange.started),
-        "started": exchange.started,
+        "id": record_id,
+        "time": iso(exchange.started_wall, millis=True),
+        "started": exchange.started_wall,
         "request_id": redact_text(exchange.request_id),
-        "route": fields.get("route"),
+        "route": exchange.route,
         "method": exchange.method,
         "target": redact_text(exchange.target),
-        "upstream_url": None
-        if exchange.upstream_url is None
-        else redact_text(exchange.upstream_url),
-        "status": status,
+        "upstream_url": None if upstream_url is None else redact_text(str(upstream_url)),
+        "status": exchange.status,
         "reason": exchange.reason,
-        "error": fields.get("error"),
-        "client_headers": _redact_headers(exchange.client_headers),
+        "error": exchange.error,
+        "client_headers": _redact_headers(client_headers),
         "upstream_headers": _redact_headers(upstream_headers),
-        "response_headers": _redact_headers(exchange.response_headers),
-        "request_body": body_record(exchange.request_body, request_headers),
-        "response_body": body_record(exchange.response_body, exchange.response_headers),
-        "bytes_in": fields.get("bytes_in", exchange.request_body.size),
-        "bytes_out": fields.get("bytes_out", exchange.response_body.size),
-        "timings": timings,
-        "token_source": fields.get("token"),
-        "retried_401": bool(fields.get("retried_401", False)),
-        "claims": exchange.claims,
-        "http_version": exchange.upstream_http,
+        "response_headers": _redact_headers(response_headers),
+        "request_body": body_record(exchange.request_capture, request_headers),
+        "response_body": body_record(exchange.response_capture, response_headers),
+        "bytes_in": exchange.bytes_in,
+        "bytes_out": exchange.bytes_out
+        if exchange.bytes_out is not None
+        else exchange.response_capture.size
+        if exchange.response_capture is not None
+        else None,
+        "timings": {
+            "token_wait_ms": exchange.token_wait_ms,
+            "upstream_ttfb_ms": exchange.upstream_ms,
+            "total_ms": exchange.duration_ms,
+        },
+        "token_source": exchange.token_source,
+        "retried_401": exchange.retried_401,
+        "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
+        "http_version": "HTTP/1.1",
     }
 
 
@@ -192,8 +131,3 @@ def summary(rec: Record) -> Record:
     out["bytes_out"] = rec["bytes_out"]
     out["mime_type"] = rec["response_body"]["mime_type"]
     return out
-
-
-def _iso(wall: float) -> str:
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
-    return f"{whole}.{int(wall % 1 * 1000):03d}Z"

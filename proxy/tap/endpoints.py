@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,16 +20,17 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import guard
+from .. import access, paths
 from ..config.access import AccessClient
 from ..errors import Forbidden, ProxyError, to_response
+from ..peers import peer_is_loopback
 from .har import har
 from .store import Tap
 
-PAGE = "/_proxy/tap"
-HAR = "/_proxy/tap.har"
-EVENTS = "/_proxy/tap/events"
-EXCHANGES = "/_proxy/tap/exchanges"
+PAGE = paths.TAP
+HAR = paths.TAP_HAR
+EVENTS = paths.TAP_EVENTS
+EXCHANGES = paths.TAP_EXCHANGES
 _HEARTBEAT = 15.0  # seconds between SSE comments, so idle proxies in between keep the stream
 _NO_STORE = {
     "Cache-Control": "no-store",
@@ -64,22 +64,10 @@ def install(app: web.Application, tap: Tap) -> None:
 
 def may_look(request: web.Request) -> bool:
     """Whether ``request`` may see the tap (see the module docstring)."""
-    client: AccessClient | None = request.get(guard.CLIENT)
+    client: AccessClient | None = request.get(access.CLIENT)
     if client is not None:
         return client.admin
-    return _is_loopback(request.remote)
-
-
-def _is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    return peer_is_loopback(request)
 
 
 class _Page:
@@ -118,7 +106,7 @@ class _Endpoints:
             if not may_look(request):
                 why = (
                     "the tap is for access clients with admin = true"
-                    if guard.CLIENT in request
+                    if access.CLIENT in request
                     else "the tap answers only on loopback (127.0.0.1, ::1)"
                 )
                 return _error(Forbidden(why))

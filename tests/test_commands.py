@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from proxy import cli
-from proxy.admin import DEVICE_CODE_CLIENT_ID, describe_token
+from proxy.commands import DEVICE_CODE_CLIENT_ID, describe_token
 from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing.bap import AdminApplications
 

@@ -1,4 +1,5 @@
-"""Administrative commands: ``ppproxy token`` and ``ppproxy register-app``.
+"""The commands that talk to Entra ID and Power Platform: ``ppproxy token`` and
+``ppproxy register-app``.
 
 ``token`` prints an access token as ``az account get-access-token`` does, or with ``--decode``
 its header and claims (unverified): the quickest answer to "why does the API say 401/403".
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import json
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import Any, TextIO
 import msal  # type: ignore[import-untyped]  # msal ships no type information
 import requests
 
-from . import presets
-from .config import Config, IdentityConfig, is_loopback
-from .identity import MsalProvider, _NoHttpCache, _NoStoreCache, _PinnedSession
+from . import jwt_unverified, presets
+from .config import Config, IdentityConfig
+from .identity import NoHttpCache, NoStoreCache, PinnedSession, msal_provider
+from .peers import is_loopback
 from .tokens import Token, TokenError
 
 ADMIN_APPLICATIONS = "/providers/Microsoft.BusinessAppPlatform/adminApplications"
@@ -125,14 +125,14 @@ async def token_command(
 ) -> int:
     """Print a token (or its decoded header and claims); 0 on success, 1 when refused."""
     chosen, wanted = resolve_scope(config, route=route, scope=scope, identity=identity)
-    provider = MsalProvider(chosen, config.outbound)
+    provider = msal_provider(chosen, config.outbound)
     try:
-        token = await provider.get(wanted)
+        token = await provider.token(wanted)
     except TokenError as e:
         print(f"ppproxy token: {e.error}: {_first_line(e.description)}", file=err)
         return 1
     finally:
-        provider.close()
+        await provider.close()
     if decode:
         out.write(describe_token(token.value))
     else:
@@ -152,26 +152,10 @@ def _az_shape(token: Token, identity: IdentityConfig) -> dict[str, Any]:
     }
 
 
-def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims of a JWT, without verifying anything (RFC 7519 §7.2 steps 1-8)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ValueError("not a JWT (expected three dot-separated parts)")
-    try:
-        header, claims = (
-            json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2]
-        )
-    except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("not a JWT (a part is not base64url JSON)") from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise ValueError("not a JWT (header or claims are not JSON objects)")
-    return header, claims
-
-
 def describe_token(token: str) -> str:
     """Header and the claims that explain a 401/403, one per line; times in local time."""
     try:
-        header, claims = decode_jwt(token)
+        header, claims = jwt_unverified.decode(token)
     except ValueError as e:  # Entra's tokens for some audiences are opaque: say so
         return f"(the token cannot be decoded: {e})\n"
     lines = ["header:"]
@@ -241,26 +225,26 @@ def _check_bap_url(base: str) -> None:
 
 
 async def _admin_token(identity: IdentityConfig, config: Config, scope: str, out: TextIO) -> str:
-    if identity.kind == "username_password":
-        provider = MsalProvider(identity, config.outbound)
+    if identity.username is not None:
+        provider = msal_provider(identity, config.outbound)
         try:
-            return (await provider.get(scope)).value
+            return (await provider.token(scope)).value
         finally:
-            provider.close()
+            await provider.close()
     return await asyncio.to_thread(_device_code_token, identity, config, scope, out)
 
 
 def _device_code_token(identity: IdentityConfig, config: Config, scope: str, out: TextIO) -> str:
     """The device code flow (RFC 8628): print the code and URL, wait for the admin."""
-    session = _PinnedSession(config.outbound)
+    session = PinnedSession(config.outbound)
     try:
         app = msal.PublicClientApplication(
             DEVICE_CODE_CLIENT_ID,
             authority=identity.authority,
             instance_discovery=identity.instance_discovery,
             http_client=session,
-            token_cache=_NoStoreCache(),
-            http_cache=_NoHttpCache(),
+            token_cache=NoStoreCache(),
+            http_cache=NoHttpCache(),
         )
         flow = app.initiate_device_flow(scopes=[scope])
         if "user_code" not in flow:
@@ -283,7 +267,7 @@ def _device_code_token(identity: IdentityConfig, config: Config, scope: str, out
 
 
 def _call(config: Config, method: str, url: str, token: str) -> tuple[int, Any]:
-    with _PinnedSession(config.outbound) as session:
+    with PinnedSession(config.outbound) as session:
         try:
             response = session.request(
                 method,

@@ -1,0 +1,52 @@
+"""The access log: one structured event per exchange, as an observer.
+
+``request`` for every request the forwarder handled (route, token source, timings, bytes,
+status, the error code if the proxy answered itself); ``request.rejected`` for requests the
+guard refused before any route was involved. Never the query string, never a header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from .exchange import Exchange, Observer
+
+log = structlog.get_logger("proxy.access")
+
+
+class AccessLog(Observer):
+    def finished(self, exchange: Exchange) -> None:
+        if exchange.refused:
+            log.info(
+                "request.rejected",
+                request_id=exchange.request_id,
+                method=exchange.method,
+                path=exchange.target.split("?", 1)[0][:200],  # as received: it may be hostile
+                status=exchange.status,
+                error=exchange.error,
+            )
+            return
+        fields: dict[str, Any] = {
+            "request_id": exchange.request_id,
+            "method": exchange.method,
+            "path": exchange.path,
+        }
+        if exchange.route is not None:
+            fields["route"] = exchange.route
+        if exchange.token_source is not None:
+            fields["token_source"] = exchange.token_source
+            fields["token_wait_ms"] = exchange.token_wait_ms
+        if exchange.retried_401:
+            fields["retried_401"] = True
+        if exchange.upstream_ms is not None:
+            fields["upstream_ms"] = exchange.upstream_ms
+        if exchange.error is not None:
+            fields["error"] = exchange.error
+        fields["status"] = exchange.status
+        fields["duration_ms"] = exchange.duration_ms
+        fields["bytes_in"] = exchange.bytes_in
+        if exchange.bytes_out is not None:
+            fields["bytes_out"] = exchange.bytes_out
+        log.info("request", **fields)

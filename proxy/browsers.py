@@ -1,0 +1,52 @@
+"""Keeping web pages out: the Host check (DNS rebinding) and Origin / Sec-Fetch-Site (pages of
+other sites driving the proxy from a browser on this machine)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from .config import ServerConfig
+from .errors import CrossSiteRequest, HostNotAllowed
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_HOST = re.compile(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+))(?::[0-9]{0,5})?$")
+
+
+def host_name(value: str) -> str | None:
+    """The lowercased name in a ``Host`` value (``name``, ``name:port``, ``[v6]:port``)."""
+    m = _HOST.match(value.strip())
+    if m is None:
+        return None
+    return (m.group(1) or m.group(2)).lower()
+
+
+def allowed_hosts(server: ServerConfig) -> frozenset[str]:
+    """The loopback names plus ``server.allowed_hosts``, as ``host_name`` returns them."""
+    return LOOPBACK_HOSTS | {h.strip().strip("[]").lower() for h in server.allowed_hosts}
+
+
+def check_browser(headers: Mapping[str, str], allowed: frozenset[str]) -> None:
+    """403 unless ``Host`` is allowed and the request is not from another site's page.
+
+    The Host check stops DNS rebinding: a page on evil.example whose name now resolves to
+    127.0.0.1 still sends ``Host: evil.example``. Origin and Sec-Fetch-Site stop a page
+    from driving the proxy with a plain cross-site request.
+    """
+    host = host_name(headers.get("Host", ""))
+    if host not in allowed:
+        raise HostNotAllowed(
+            f"Host {headers.get('Host', '')[:100]!r} is not allowed; add its name to "
+            "server.allowed_hosts if this proxy is meant to be reached by that name"
+        )
+    origin = headers.get("Origin")
+    if origin is not None:
+        try:
+            origin_host = urlsplit(origin).hostname
+        except ValueError:
+            origin_host = None
+        if origin_host not in allowed:
+            raise CrossSiteRequest("requests from web pages of other sites are refused")
+    if headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        raise CrossSiteRequest("requests from web pages of other sites are refused")

@@ -1,0 +1,85 @@
+"""The proxy's own endpoints under ``/_proxy``: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from . import access, paths
+from .errors import TokenUnavailable
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .runtime import Runtime
+from .timefmt import iso
+
+
+def install(app: web.Application, runtime: Runtime, metrics: Metrics) -> None:
+    """Add ``/_proxy/livez``, ``/_proxy/readyz`` and ``/_proxy/metrics`` to ``app``."""
+
+    async def livez(request: web.Request) -> web.Response:
+        """200 while the process runs."""
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        return await _readyz(request, runtime)
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        """Prometheus text format (one process; see docs/operations.md for several workers)."""
+        return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    app.router.add_get(paths.LIVEZ, livez)
+    app.router.add_get(paths.READYZ, readyz)
+    app.router.add_get(paths.METRICS, metrics_endpoint)
+
+
+async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
+    """200 when every route has a usable token or can get one now, else 503 with the reasons.
+
+    Per (identity, scope): whether a token is usable, seconds until it expires, the last
+    refresh and the last error. 503 at once while the process drains for shutdown.
+    """
+    state = runtime.state
+    config, providers = state.config, state.providers
+    pairs = sorted({(r.identity, r.scope) for r in config.routes})
+    results = await asyncio.gather(
+        *(providers[identity].token(scope) for identity, scope in pairs), return_exceptions=True
+    )
+    checks: list[dict[str, Any]] = []
+    for (identity, scope), result in zip(pairs, results, strict=True):
+        check: dict[str, Any] = {
+            "identity": identity,
+            "scope": scope,
+            "routes": [r.name for r in config.routes if (r.identity, r.scope) == (identity, scope)],
+        }
+        if isinstance(result, TokenUnavailable):
+            check.update(ok=False, error=result.body())
+        elif isinstance(result, BaseException):
+            error = {"error": "internal_error", "message": type(result).__name__}
+            check.update(ok=False, error=error)
+        else:
+            check.update(ok=True, expires_in=round(result.remaining()))
+        status = providers[identity].status().get(scope)
+        if status is not None:
+            check.update(
+                last_refresh=None if status.last_refresh is None else iso(status.last_refresh),
+                last_error=status.last_error,
+                retry_in=None if status.retry_in is None else round(status.retry_in, 1),
+            )
+        checks.append(check)
+    draining = runtime.draining
+    ready = not draining and all(c["ok"] for c in checks)
+    body: dict[str, Any] = {"status": "draining" if draining else "ready" if ready else "not_ready"}
+    # On a gateway the details (identities, scopes, Entra errors) are for key holders only.
+    if access.CLIENT in request or not config.access.enabled:
+        body["tokens"] = checks
+    warning = access.anonymous_warning(config)
+    if warning is not None:
+        body["warnings"] = [warning]
+    return web.Response(
+        status=200 if ready else 503,
+        text=json.dumps(body),
+        content_type="application/json",
+    )

@@ -1,0 +1,30 @@
+"""Request ids: the client's ``x-ms-client-request-id`` when it is sane, otherwise a new one."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from collections.abc import Mapping
+
+HEADER = "x-ms-client-request-id"
+_SANE = re.compile(r"^[\x21-\x7e]{1,128}$")  # visible ASCII: safe in a log line and a header
+# GUID-shaped (x-ms-client-request-id is a GUID by convention): a random per-process prefix and
+# a counter, unique without asking the OS for randomness per request.
+_PREFIX = uuid.uuid4().hex[:16]
+_COUNTER = itertools.count(1)
+
+
+def new() -> str:
+    """A fresh request id, unique within this process and very likely across processes."""
+    n = next(_COUNTER)
+    p = _PREFIX
+    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{(n >> 48) & 0xFFFF:04x}-{n & 0xFFFFFFFFFFFF:012x}"
+
+
+def of(headers: Mapping[str, str]) -> str:
+    """The request id for a request with ``headers``: the client's if sane, else a new one."""
+    given = headers.get(HEADER)
+    if given is not None and _SANE.match(given):
+        return given
+    return new()
