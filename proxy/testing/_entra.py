@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 DEFAULT_SUFFIX = "/.default"
-CLIENT_CREDENTIALS = "client_credentials"
 
 # Default texts for IdentityProvider.fail_with(), by AADSTS code.
 DESCRIPTIONS = {
@@ -36,28 +35,25 @@ class EntraError:
     retry_after: str | None = None  # sent as the Retry-After header when set
 
 
-def check_client_credentials(
-    *,
-    tenant: str,
-    grant_type: str,
-    client_id: str,
-    secret: str | None,
-    expected_secret: str | None,
-    scope: str,
-) -> EntraError | None:
-    """Validate a client credentials request (RFC 6749 §4.4) in Entra's order:
-    grant, client, secret, scope. expected_secret is None for an unknown client."""
+def unsupported_grant(grant_type: str) -> EntraError:
+    """The answer to a grant this provider does not serve (or a missing grant_type)."""
     if not grant_type:
-        return _missing("grant_type")
-    if grant_type != CLIENT_CREDENTIALS:
-        return EntraError(
-            400,
-            "unsupported_grant_type",
-            70003,
-            f"The app requested an unsupported grant type '{grant_type}'.",
-        )
+        return missing("grant_type")
+    return EntraError(
+        400,
+        "unsupported_grant_type",
+        70003,
+        f"The app requested an unsupported grant type '{grant_type}'.",
+    )
+
+
+def check_secret(
+    *, tenant: str, client_id: str, secret: str | None, expected_secret: str | None
+) -> EntraError | None:
+    """A confidential client's id and secret in Entra's order: client, then secret.
+    expected_secret is None for an unknown client."""
     if not client_id:
-        return _missing("client_id")
+        return missing("client_id")
     if expected_secret is None:
         return EntraError(
             400,
@@ -78,7 +74,7 @@ def check_client_credentials(
         )
     if not _same(secret, expected_secret):
         return EntraError(401, "invalid_client", 7000215, DESCRIPTIONS[7000215])
-    return check_scope(scope)
+    return None
 
 
 def error_body(
@@ -127,7 +123,8 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def _missing(field: str) -> EntraError:
+def missing(field: str) -> EntraError:
+    """Entra's answer to a request without a required form field."""
     return EntraError(
         400,
         "invalid_request",
