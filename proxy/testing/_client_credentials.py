@@ -58,5 +58,5 @@ def check(call: Call, directory: Directory) -> Outcome:
     return Granted(
         # Exactly the suffix goes: ".../.default" keeps its own trailing slash.
         audience=call.scope.removesuffix(DEFAULT_SUFFIX),
-        identity=app_identity(directory.tenant, call.client_id),
+        identity=app_identity(directory.tenant_id, call.client_id),
     )

@@ -61,6 +61,6 @@ class DeviceCodes:
             )
         return Granted(
             audience=call.scope.removesuffix(DEFAULT_SUFFIX),
-            identity=signed_in_user(directory.tenant, directory.device_sign_in),
+            identity=signed_in_user(directory.tenant_id, directory.device_sign_in),
             scope=call.scope,
         )

@@ -1,9 +1,10 @@
 """The tenant's directory as the identity provider keeps it: app registrations, users and
-the signing key, and the tokens signed with it."""
+signing keys, and the tokens signed with them."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,18 +13,21 @@ import jwt
 from proxy.testing._assertions import Federation
 from proxy.testing._claims import access_token, app_identity
 from proxy.testing._entra import DEFAULT_SUFFIX
-from proxy.testing._signing import SigningKey
+from proxy.testing._signing import KeyRing
 
 DEFAULT_CLIENT_ID = "test-client"
 DEFAULT_CLIENT_SECRET = "test-secret"  # noqa: S105 (a fixed fake secret for local tests)
+# A made-up tenant id: Entra names tenants by GUID in tokens, whatever the authority says.
+DEFAULT_TENANT = "69c6e46f-9c9f-4572-80fd-5051cce0e5ae"
 
 
 class Directory:
-    """Registrations and users the grants check, and the key tokens are signed with.
+    """Registrations and users the grants check, and the keys tokens are signed with.
 
     Attributes, all safe to change between requests:
 
-    - ``tenant``: put in tokens' ``tid`` and ``iss``; the path may name any tenant.
+    - ``tenant``: the tenant in ``authority``: a GUID (by default) or a domain name; its
+      GUID, ``tenant_id``, goes in tokens' ``tid`` and ``iss``. The path may name any tenant.
     - ``clients``: client_id -> accepted secret.
     - ``certificates``: client_id -> PEM certificates whose keys may sign client assertions.
     - ``trusted_subjects``: client_id -> subject (RFC 4514) trusted with the ``x5c`` chain.
@@ -49,26 +53,64 @@ class Directory:
         self.public_clients: set[str] = set()
         self.users: dict[str, str] = {}
         self.device_sign_in: str | None = None
-        self._key = SigningKey()
+        self._signing_keys = KeyRing()
 
     @property
-    def public_jwk(self) -> dict[str, Any]:
-        """The signing key as served by the keys endpoint."""
-        return self._key.jwk
+    def authority_host(self) -> str:
+        """The origin tokens' v2 issuer names; the server provides it."""
+        raise NotImplementedError
+
+    @property
+    def tenant_id(self) -> str:
+        """``tenant`` if it is a GUID, else a GUID derived from that name."""
+        try:
+            return str(uuid.UUID(self.tenant))
+        except ValueError:
+            return str(uuid.uuid5(uuid.NAMESPACE_DNS, self.tenant))
 
     @property
     def issuer(self) -> str:
         """The ``iss`` claim of issued tokens (Entra's v1 form)."""
-        return f"https://sts.windows.net/{self.tenant}/"
+        return f"https://sts.windows.net/{self.tenant_id}/"
+
+    @property
+    def issuer_v2(self) -> str:
+        """The ``iss`` claim of v2 tokens, and the metadata's ``issuer`` for ``tenant_id``."""
+        return f"{self.authority_host}/{self.tenant_id}/v2.0"
+
+    @property
+    def public_jwk(self) -> dict[str, Any]:
+        """The current signing key as served by the keys endpoint."""
+        return self._signing_keys.current.jwk
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        """The keys document: every published key, the current one first."""
+        return {"keys": [k.jwk for k in self._signing_keys.published]}
+
+    def rotate_signing_key(self, keep_old: bool = False) -> str:
+        """Sign with a new key from now on and return its kid; the keys published so far
+        stay in the JWKS only if keep_old (as while Entra rolls its keys over)."""
+        return self._signing_keys.rotate(keep_old=keep_old).kid
+
+    def retire_signing_key(self, kid: str) -> None:
+        """Take a key kept by rotate_signing_key(keep_old=True) out of the JWKS: tokens it
+        signed stop verifying. Raises KeyError for a kid not in the JWKS, ValueError for
+        the current key."""
+        self._signing_keys.retire(kid)
 
     def verify(self, token: str) -> dict[str, Any]:
-        """Check signature, issuer, exp and nbf; return the claims or raise
-        jwt.InvalidTokenError."""
+        """Check signature (by a published key, found by ``kid``), issuer (v1 or v2 form),
+        exp and nbf; return the claims or raise jwt.InvalidTokenError."""
+        key = (
+            self._signing_keys.find(jwt.get_unverified_header(token).get("kid"))
+            or self._signing_keys.current
+        )
         return jwt.decode(
             token,
-            self._key.public,
+            key.public,
             algorithms=["RS256"],
-            issuer=self.issuer,
+            issuer=[self.issuer, self.issuer_v2],
             options={"require": ["exp", "iat", "nbf"], "verify_aud": False},
         )
 
@@ -79,7 +121,7 @@ class Directory:
             client_id,
             # Exactly the suffix goes: ".../.default" keeps its own trailing slash.
             scope.removesuffix(DEFAULT_SUFFIX),
-            app_identity(self.tenant, client_id),
+            app_identity(self.tenant_id, client_id),
             self.token_lifetime if lifetime is None else lifetime,
         )
 
@@ -87,10 +129,10 @@ class Directory:
         self, client_id: str, audience: str, identity: Mapping[str, Any], lifetime: float
     ) -> str:
         """A signed v1 access token for ``client_id`` naming ``identity``."""
-        return self._key.sign(
+        return self._signing_keys.current.sign(
             access_token(
                 issuer=self.issuer,
-                tenant=self.tenant,
+                tenant=self.tenant_id,
                 client_id=client_id,
                 audience=audience,
                 identity=identity,

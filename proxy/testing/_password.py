@@ -53,7 +53,7 @@ def check(call: Call, directory: Directory) -> Outcome:
         return problem
     return Granted(
         audience=call.scope.removesuffix(DEFAULT_SUFFIX),
-        identity=signed_in_user(directory.tenant, username),
+        identity=signed_in_user(directory.tenant_id, username),
         scope=call.scope,
     )
 

@@ -34,7 +34,12 @@ from aiohttp import web
 from proxy.testing import _client_credentials, _password
 from proxy.testing._device_code import GRANT as DEVICE_CODE
 from proxy.testing._device_code import DeviceCodes
-from proxy.testing._directory import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Directory
+from proxy.testing._directory import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_TENANT,
+    Directory,
+)
 from proxy.testing._entra import (
     DESCRIPTIONS,
     EntraError,
@@ -87,13 +92,14 @@ class IdentityProvider(LocalServer, Directory):
 
     - ``requests``: every token request in arrival order, recorded before validation.
     - ``realm_lookups``: user names looked up at ``/common/userrealm``.
+    - ``jwks_requests``: how many times the keys document was fetched.
     """
 
     def __init__(
         self,
         ca: LocalCA,
         *,
-        tenant: str = "test-tenant",
+        tenant: str = DEFAULT_TENANT,
         clients: Mapping[str, str] | None = None,
         token_lifetime: float = 3600.0,
         host: str = "127.0.0.1",
@@ -105,6 +111,7 @@ class IdentityProvider(LocalServer, Directory):
         self.malformed = False
         self.requests: list[TokenRequest] = []
         self.realm_lookups: list[str] = []
+        self.jwks_requests = 0
         self._device_codes = DeviceCodes()
         self._failure: _Failure | None = None
 
@@ -112,7 +119,7 @@ class IdentityProvider(LocalServer, Directory):
         app = web.Application()
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._metadata)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
-        app.router.add_get("/{tenant}/discovery/v2.0/keys", self._keys)
+        app.router.add_get("/{tenant}/discovery/v2.0/keys", self._jwks)
         app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", self._device_code)
         app.router.add_get("/common/userrealm/{username}", self._user_realm)
         return web.AppRunner(
@@ -185,8 +192,9 @@ class IdentityProvider(LocalServer, Directory):
             }
         )
 
-    async def _keys(self, request: web.Request) -> web.Response:
-        return web.json_response({"keys": [self.public_jwk]})
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.jwks_requests += 1
+        return web.json_response(self.jwks)
 
     async def _user_realm(self, request: web.Request) -> web.Response:
         username = request.match_info["username"]
