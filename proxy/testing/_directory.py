@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import jwt
 
 from proxy.testing._assertions import Federation
-from proxy.testing._claims import access_token, app_identity
+from proxy.testing._claims import (
+    AZURE_CLI_CLIENT_ID,
+    DEFAULT_USER,
+    access_token,
+    app_identity,
+    object_id,
+    user_claims,
+    v1_issuer,
+    v2_issuer,
+)
 from proxy.testing._entra import DEFAULT_SUFFIX
 from proxy.testing._signing import KeyRing
 
@@ -71,12 +80,12 @@ class Directory:
     @property
     def issuer(self) -> str:
         """The ``iss`` claim of issued tokens (Entra's v1 form)."""
-        return f"https://sts.windows.net/{self.tenant_id}/"
+        return v1_issuer(self.tenant_id)
 
     @property
     def issuer_v2(self) -> str:
         """The ``iss`` claim of v2 tokens, and the metadata's ``issuer`` for ``tenant_id``."""
-        return f"{self.authority_host}/{self.tenant_id}/v2.0"
+        return v2_issuer(self.authority_host, self.tenant_id)
 
     @property
     def public_jwk(self) -> dict[str, Any]:
@@ -113,6 +122,68 @@ class Directory:
             issuer=[self.issuer, self.issuer_v2],
             options={"require": ["exp", "iat", "nbf"], "verify_aud": False},
         )
+
+    def user_token(
+        self,
+        *,
+        audience: str,
+        oid: str | None = None,
+        upn: str = DEFAULT_USER,
+        version: Literal[1, 2] = 1,
+        tenant: str | None = None,
+        client_id: str = AZURE_CLI_CLIENT_ID,
+        groups: Sequence[str] = (),
+        roles: Sequence[str] = (),
+        scp: str = "user_impersonation",
+        lifetime: float = 3600.0,
+        not_before: float | None = None,
+        issued_at: float | None = None,
+        kid: str | None = None,
+        unknown_key: bool = False,
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A member's access token for ``audience``, as Entra issues it to a user of
+        ``client_id`` (by default the Azure CLI) calling an API such as a gateway app.
+
+        ``version`` 1 (``accessTokenAcceptedVersion`` unset): ``aud`` is the App ID URI given,
+        ``iss`` ``https://sts.windows.net/{tenant}/``; 2: ``aud`` is the app's client id,
+        ``iss`` ``{authority_host}/{tenant}/v2.0``. ``tenant`` defaults to ``tenant_id``;
+        ``oid`` to the one the password grant gives ``upn``. ``iat`` is issued_at (default
+        now), ``nbf`` not_before (default iat), ``exp`` iat + lifetime. Signed by the current
+        key, the published key ``kid``, or, with unknown_key, a key the JWKS never lists.
+        ``extra_claims`` are set last; a None value removes that claim."""
+        if unknown_key and kid is not None:
+            raise ValueError("give kid or unknown_key, not both")
+        keys = self._signing_keys
+        key = keys.stranger if unknown_key else keys.current if kid is None else keys.find(kid)
+        if key is None:
+            raise KeyError(f"no published signing key has kid {kid!r}")
+        tenant_id = self.tenant_id if tenant is None else tenant
+        # Whole seconds, so that exp - iat is the lifetime, as in Entra's tokens.
+        issued_at = int(time.time()) if issued_at is None else issued_at
+        claims = user_claims(
+            version=version,
+            issuer=v1_issuer(tenant_id)
+            if version == 1
+            else v2_issuer(self.authority_host, tenant_id),
+            tenant=tenant_id,
+            audience=audience,
+            oid=object_id(tenant_id, upn) if oid is None else oid,
+            upn=upn,
+            client_id=client_id,
+            scp=scp,
+            groups=groups,
+            roles=roles,
+            issued_at=issued_at,
+            not_before=issued_at if not_before is None else not_before,
+            expires=issued_at + lifetime,
+        )
+        for name, value in (extra_claims or {}).items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return key.sign(claims)
 
     def app_token(self, client_id: str, scope: str, lifetime: float | None = None) -> str:
         """A signed app token, as this provider issues them (for stand-ins such as the
