@@ -3,14 +3,34 @@ their rotation, minted user tokens, and the on-behalf-of grant."""
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
 
 import aiohttp
 import jwt
 import pytest
 
-from proxy.testing import IdentityProvider, LocalCA
+from proxy.testing import ClientCertificate, Federation, IdentityProvider, LocalCA, WorkloadIssuer
+
+GATEWAY_URI = "api://ppproxy"
+GATEWAY_ID = "5d4a3c2b-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
+GATEWAY_SECRET = "gateway-secret"
+POWERAPPS_SCOPE = "https://service.powerapps.com//.default"
+OBO_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@pytest.fixture
+async def idp(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
+    """A tenant where the gateway app (a confidential client) is known by its App ID URI."""
+    async with IdentityProvider(
+        ca, clients={GATEWAY_ID: GATEWAY_SECRET}, app_id_uris={GATEWAY_ID: [GATEWAY_URI]}
+    ) as server:
+        yield server
 
 
 async def _get_json(idp: IdentityProvider, ca: LocalCA, path: str) -> dict[str, Any]:
@@ -114,9 +134,6 @@ async def test_a_retired_key_leaves_the_jwks(idp: IdentityProvider, ca: LocalCA)
 
 # -- users' tokens minted for tests --
 
-GATEWAY_URI = "api://ppproxy"
-GATEWAY_ID = "5d4a3c2b-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
-
 
 @pytest.mark.parametrize(
     ("version", "audience", "issuer", "expected"),
@@ -131,16 +148,15 @@ GATEWAY_ID = "5d4a3c2b-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 async def test_user_tokens_look_like_entra_s_for_each_version(
     idp: IdentityProvider,
     ca: LocalCA,
-    version: int,
+    version: Literal[1, 2],
     audience: str,
     issuer: str,
     expected: dict[str, str],
 ) -> None:
     oid = str(uuid.uuid4())
     token = idp.user_token(
-        audience=audience, oid=oid, upn="ann@contoso.test", version=version,  # type: ignore[arg-type]
-        client_id="cli-app",
-    )  # fmt: skip
+        audience=audience, oid=oid, upn="ann@contoso.test", version=version, client_id="cli-app"
+    )
     jwks = await _fetch_jwks(idp, ca)
     header = jwt.get_unverified_header(token)
 
@@ -244,3 +260,207 @@ def test_a_user_token_can_be_signed_by_a_kept_old_key(idp: IdentityProvider) -> 
     assert idp.verify(token)["aud"] == GATEWAY_URI
     with pytest.raises(KeyError):
         idp.user_token(audience=GATEWAY_URI, kid="not-a-kid")
+
+
+# -- the on-behalf-of grant --
+
+
+def _obo_form(assertion: str, scope: str = POWERAPPS_SCOPE, **overrides: str) -> dict[str, str]:
+    form = {
+        "grant_type": OBO_GRANT,
+        "requested_token_use": "on_behalf_of",
+        "assertion": assertion,
+        "scope": f"{scope} openid profile offline_access",
+        "client_id": GATEWAY_ID,
+        "client_secret": GATEWAY_SECRET,
+        **overrides,
+    }
+    return {k: v for k, v in form.items() if v}
+
+
+async def _post_token(
+    idp: IdentityProvider, ca: LocalCA, form: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{idp.authority}/oauth2/v2.0/token", data=form, ssl=ca.client_context())
+        as response,
+    ):  # fmt: skip
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize(("version", "audience"), [(1, GATEWAY_URI), (2, GATEWAY_ID)])
+async def test_obo_trades_a_member_s_token_for_one_carrying_the_same_user(
+    idp: IdentityProvider, ca: LocalCA, version: Literal[1, 2], audience: str
+) -> None:
+    oid = str(uuid.uuid4())
+    user_token = idp.user_token(audience=audience, oid=oid, upn="ann@contoso.test", version=version)
+
+    status, body = await _post_token(idp, ca, _obo_form(user_token))
+
+    assert status == 200
+    claims = idp.verify(body["access_token"])
+    assert claims["aud"] == "https://service.powerapps.com/"
+    assert (claims["oid"], claims["upn"], claims["tid"], claims["idtyp"], claims["scp"]) == (
+        oid, "ann@contoso.test", idp.tenant_id, "user", "user_impersonation",
+    )  # fmt: skip
+    assert (claims["appid"], claims["azp"]) == (GATEWAY_ID, GATEWAY_ID)
+    assert (body["expires_in"], body["scope"]) == (3600, POWERAPPS_SCOPE)
+    [request] = idp.requests
+    assert (request.grant_type, request.client_id, request.user_oid) == (OBO_GRANT, GATEWAY_ID, oid)
+    assert request.form["assertion"] == "<redacted>"
+    assert user_token not in repr(idp.requests)
+
+
+async def test_obo_tokens_take_their_own_lifetime(idp: IdentityProvider, ca: LocalCA) -> None:
+    idp.obo_token_lifetime = 5
+
+    _, obo = await _post_token(idp, ca, _obo_form(idp.user_token(audience=GATEWAY_URI)))
+    app = await _post_token(
+        idp,
+        ca,
+        {"grant_type": "client_credentials", "client_id": GATEWAY_ID,
+         "client_secret": GATEWAY_SECRET, "scope": POWERAPPS_SCOPE},
+    )  # fmt: skip
+
+    claims = idp.verify(obo["access_token"])
+    assert obo["expires_in"] == 5
+    assert claims["exp"] - claims["iat"] in (5, 6)
+    assert app[1]["expires_in"] == 3600
+
+
+def _member(idp: IdentityProvider, **kwargs: Any) -> str:
+    return idp.user_token(audience=kwargs.pop("audience", GATEWAY_URI), **kwargs)
+
+
+def _tampered(idp: IdentityProvider) -> str:
+    """A member's token whose claims were changed after signing."""
+    token = _member(idp)
+    head, _, signature = token.split(".")
+    claims = jwt.decode(token, options={"verify_signature": False}) | {"oid": str(uuid.uuid4())}
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{body}.{signature}"
+
+
+def _signed_by_a_dropped_key(idp: IdentityProvider) -> str:
+    token = _member(idp)
+    idp.rotate_signing_key()
+    return token
+
+
+BAD_ASSERTIONS: dict[str, tuple[Callable[[IdentityProvider], str], int]] = {
+    "expired": (lambda idp: _member(idp, issued_at=time.time() - 7200), 500133),
+    "not yet valid": (lambda idp: _member(idp, not_before=time.time() + 3600), 500133),
+    "no exp": (lambda idp: _member(idp, extra_claims={"exp": None}), 500133),
+    "unknown key": (lambda idp: _member(idp, unknown_key=True), 50013),
+    "dropped key": (_signed_by_a_dropped_key, 50013),
+    "tampered": (_tampered, 50013),
+    "another app's audience": (lambda idp: _member(idp, audience="api://other"), 500131),
+    "another tenant": (lambda idp: _member(idp, tenant=str(uuid.uuid4())), 7000012),
+    "another issuer": (lambda idp: _member(idp, extra_claims={"iss": "https://x/"}), 7000012),
+    "not a JWT": (lambda idp: "not-a-jwt", 50027),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ASSERTIONS)
+async def test_obo_refuses_bad_assertions_as_entra_does(
+    idp: IdentityProvider, ca: LocalCA, case: str
+) -> None:
+    make, code = BAD_ASSERTIONS[case]
+
+    status, body = await _post_token(idp, ca, _obo_form(make(idp)))
+
+    assert (status, body["error"], body["error_codes"]) == (400, "invalid_grant", [code])
+    assert body["error_description"].startswith(f"AADSTS{code}: ")
+
+
+async def test_obo_authenticates_the_client_first(idp: IdentityProvider, ca: LocalCA) -> None:
+    expired = _member(idp, issued_at=time.time() - 7200)
+
+    status, body = await _post_token(idp, ca, _obo_form(expired, client_secret="wrong"))
+
+    assert (status, body["error"], body["error_codes"]) == (401, "invalid_client", [7000215])
+
+
+def _certificate_client(idp: IdentityProvider) -> dict[str, str]:
+    certificate = ClientCertificate()
+    idp.certificates[GATEWAY_ID] = [certificate.cert_pem]
+    now = int(time.time())
+    claims = {"aud": f"{idp.authority}/oauth2/v2.0/token", "iss": GATEWAY_ID, "sub": GATEWAY_ID,
+              "jti": "j", "iat": now, "exp": now + 600}  # fmt: skip
+    headers = {"x5t": certificate.x5t}
+    assertion = jwt.encode(claims, certificate.key_pem(), algorithm="RS256", headers=headers)
+    return {"client_assertion_type": CLIENT_ASSERTION, "client_assertion": assertion}
+
+
+def _federated_client(idp: IdentityProvider) -> dict[str, str]:
+    issuer = WorkloadIssuer()
+    idp.federations[GATEWAY_ID] = [Federation(issuer.issuer, "system:sa", issuer.public_key)]
+    return {
+        "client_assertion_type": CLIENT_ASSERTION,
+        "client_assertion": issuer.token("system:sa"),
+    }
+
+
+@pytest.mark.parametrize("credential", [_certificate_client, _federated_client])
+async def test_obo_accepts_the_client_s_certificate_or_federated_credential(
+    idp: IdentityProvider, ca: LocalCA, credential: Callable[[IdentityProvider], dict[str, str]]
+) -> None:
+    form = _obo_form(idp.user_token(audience=GATEWAY_URI), client_secret="", **credential(idp))
+
+    status, body = await _post_token(idp, ca, form)
+
+    assert status == 200
+    assert idp.verify(body["access_token"])["appid"] == GATEWAY_ID
+
+
+async def test_consent_can_be_required_per_client_and_resource(
+    idp: IdentityProvider, ca: LocalCA
+) -> None:
+    user_token = idp.user_token(audience=GATEWAY_URI)
+    idp.require_consent(GATEWAY_ID, "https://service.powerapps.com//user_impersonation")
+
+    refused = await _post_token(idp, ca, _obo_form(user_token))
+    other = await _post_token(
+        idp, ca, _obo_form(user_token, "https://org.crm.dynamics.com/.default")
+    )
+    idp.grant_consent(GATEWAY_ID, POWERAPPS_SCOPE)
+    granted = await _post_token(idp, ca, _obo_form(user_token))
+
+    status, body = refused
+    assert (status, body["error"], body["error_codes"]) == (400, "invalid_grant", [65001])
+    assert body["suberror"] == "consent_required"
+    assert body["error_description"].startswith(
+        f"AADSTS65001: The user or administrator has not consented to use the application "
+        f"with ID '{GATEWAY_ID}'"
+    )
+    assert (other[0], granted[0]) == (200, 200)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "code"),
+    [
+        ({"requested_token_use": ""}, "invalid_request", 900144),
+        ({"assertion": ""}, "invalid_request", 900144),
+        ({"scope": "https://service.powerapps.com//.default https://org.crm.dynamics.com/.default"},
+         "invalid_scope", 28000),
+        ({"scope": "openid profile"}, "invalid_scope", 70011),
+    ],
+)  # fmt: skip
+async def test_obo_requests_missing_parts_get_entra_errors(
+    idp: IdentityProvider, ca: LocalCA, overrides: dict[str, str], error: str, code: int
+) -> None:
+    form = {**_obo_form(idp.user_token(audience=GATEWAY_URI)), **overrides}
+
+    status, body = await _post_token(idp, ca, {k: v for k, v in form.items() if v})
+
+    assert (status, body["error"], body["error_codes"]) == (400, error, [code])
+
+
+async def test_obo_exchanges_can_be_counted_per_user(idp: IdentityProvider, ca: LocalCA) -> None:
+    ann, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    for oid in (ann, bob, ann):
+        await _post_token(idp, ca, _obo_form(idp.user_token(audience=GATEWAY_URI, oid=oid)))
+
+    assert len(idp.token_requests(grant_type=OBO_GRANT, user_oid=ann)) == 2
+    assert len(idp.token_requests(POWERAPPS_SCOPE, client_id=GATEWAY_ID, user_oid=bob)) == 1

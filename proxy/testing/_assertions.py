@@ -54,13 +54,14 @@ def _time_range(claims: Mapping[str, Any], now: float) -> EntraError | None:
         return _invalid_client(
             700024,
             f"Client assertion is not within its valid time range. Current time: "
-            f"{_iso(now)}, assertion valid from {_iso(nbf)}, expiry time of assertion "
-            f"{_iso(exp)}.",
+            f"{iso_time(now)}, assertion valid from {iso_time(nbf)}, expiry time of assertion "
+            f"{iso_time(exp)}.",
         )
     return None
 
 
-def _iso(value: Any) -> str:
+def iso_time(value: Any) -> str:
+    """A NumericDate as Entra prints times in its errors; "(none)" for a missing one."""
     if not isinstance(value, int | float):
         return "(none)"
     return time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z", time.gmtime(value))

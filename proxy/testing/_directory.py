@@ -22,6 +22,7 @@ from proxy.testing._claims import (
     v2_issuer,
 )
 from proxy.testing._entra import DEFAULT_SUFFIX
+from proxy.testing._grant import resource_of
 from proxy.testing._signing import KeyRing
 
 DEFAULT_CLIENT_ID = "test-client"
@@ -44,12 +45,20 @@ class Directory:
     - ``public_clients``: client_ids allowed the password and device code grants.
     - ``users``: user name -> password, for the password grant.
     - ``device_sign_in``: the user who approves device codes, or None (pending).
+    - ``app_id_uris``: client_id -> App ID URIs (such as ``api://ppproxy``) that name the
+      app as a token's audience, besides its client id.
     - ``token_lifetime``: seconds (float allowed) for tokens issued from now on;
       ``expires_in`` is its ceiling.
+    - ``obo_token_lifetime``: the same for on-behalf-of tokens; None means token_lifetime.
     """
 
     def __init__(
-        self, *, tenant: str, clients: Mapping[str, str] | None, token_lifetime: float
+        self,
+        *,
+        tenant: str,
+        clients: Mapping[str, str] | None,
+        token_lifetime: float,
+        app_id_uris: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.tenant = tenant
         self.clients: dict[str, str] = dict(
@@ -62,6 +71,11 @@ class Directory:
         self.public_clients: set[str] = set()
         self.users: dict[str, str] = {}
         self.device_sign_in: str | None = None
+        self.app_id_uris: dict[str, list[str]] = {
+            client: list(uris) for client, uris in (app_id_uris or {}).items()
+        }
+        self.obo_token_lifetime: float | None = None
+        self._no_consent: set[tuple[str, str]] = set()  # (client_id, resource)
         self._signing_keys = KeyRing()
 
     @property
@@ -107,6 +121,24 @@ class Directory:
         signed stop verifying. Raises KeyError for a kid not in the JWKS, ValueError for
         the current key."""
         self._signing_keys.retire(kid)
+
+    def signing_key_for(self, kid: object) -> Any:
+        """The public key of the published signing key with this kid, or None."""
+        key = self._signing_keys.find(kid)
+        return None if key is None else key.public
+
+    def require_consent(self, client_id: str, scope: str) -> None:
+        """Answer on-behalf-of requests by client_id for any scope of this scope's resource
+        with AADSTS65001 (consent_required) until grant_consent()."""
+        self._no_consent.add((client_id, resource_of(scope)[0]))
+
+    def grant_consent(self, client_id: str, scope: str) -> None:
+        """Undo require_consent(): the user or an administrator consented."""
+        self._no_consent.discard((client_id, resource_of(scope)[0]))
+
+    def has_consent(self, client_id: str, resource: str) -> bool:
+        """Whether client_id may act for users at resource."""
+        return (client_id, resource) not in self._no_consent
 
     def verify(self, token: str) -> dict[str, Any]:
         """Check signature (by a published key, found by ``kid``), issuer (v1 or v2 form),

@@ -33,6 +33,7 @@ class EntraError:
     code: int
     description: str
     retry_after: str | None = None  # sent as the Retry-After header when set
+    suberror: str | None = None  # e.g. consent_required, which MSAL reads to ask for consent
 
 
 def unsupported_grant(grant_type: str) -> EntraError:
@@ -93,6 +94,7 @@ def error_body(
         "trace_id": trace_id,
         "correlation_id": correlation_id,
         "error_uri": error_uri,
+        **({"suberror": problem.suberror} if problem.suberror else {}),
     }
 
 

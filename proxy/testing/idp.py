@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from proxy.testing import _client_credentials, _password
+from proxy.testing import _client_credentials, _on_behalf_of, _password
 from proxy.testing._device_code import GRANT as DEVICE_CODE
 from proxy.testing._device_code import DeviceCodes
 from proxy.testing._directory import (
@@ -48,29 +47,13 @@ from proxy.testing._entra import (
     error_body,
     unsupported_grant,
 )
-from proxy.testing._grant import Call, Granted, Outcome, resource_scope
+from proxy.testing._grant import Call, Granted, Outcome, TokenRequest, redacted, resource_scope
 from proxy.testing._server import LocalServer
 from proxy.testing.ca import LocalCA
 
 __all__ = ["DEFAULT_CLIENT_ID", "DEFAULT_CLIENT_SECRET", "IdentityProvider", "TokenRequest"]
 
-_REDACTED = "<redacted>"
-_SECRET_FIELDS = frozenset({"client_secret", "client_assertion", "password", "refresh_token"})
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
-    """One recorded POST to the token endpoint; time is wall-clock (time.time())."""
-
-    tenant: str
-    client_id: str
-    scope: str
-    grant_type: str
-    time: float
-    form: Mapping[str, str]
-    """All form fields; secret values (client_secret, client_assertion, password,
-    refresh_token) are replaced by "<redacted>"."""
 
 
 @dataclass(slots=True)
@@ -102,11 +85,18 @@ class IdentityProvider(LocalServer, Directory):
         tenant: str = DEFAULT_TENANT,
         clients: Mapping[str, str] | None = None,
         token_lifetime: float = 3600.0,
+        app_id_uris: Mapping[str, Sequence[str]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         LocalServer.__init__(self, host=host, port=port, ssl_context=ca.server_context())
-        Directory.__init__(self, tenant=tenant, clients=clients, token_lifetime=token_lifetime)
+        Directory.__init__(
+            self,
+            tenant=tenant,
+            clients=clients,
+            token_lifetime=token_lifetime,
+            app_id_uris=app_id_uris,
+        )
         self.delay = 0.0
         self.malformed = False
         self.requests: list[TokenRequest] = []
@@ -136,9 +126,23 @@ class IdentityProvider(LocalServer, Directory):
         """``{authority_host}/{tenant}``, the value to give MSAL as authority."""
         return f"{self.authority_host}/{self.tenant}"
 
-    def token_requests(self, scope: str | None = None) -> list[TokenRequest]:
-        """Recorded token requests, optionally only those for one scope."""
-        return [r for r in self.requests if scope is None or r.scope == scope]
+    def token_requests(
+        self,
+        scope: str | None = None,
+        *,
+        grant_type: str | None = None,
+        client_id: str | None = None,
+        user_oid: str | None = None,
+    ) -> list[TokenRequest]:
+        """Recorded token requests, optionally only those with the given scope, grant type,
+        client or (on-behalf-of) user."""
+        wanted = {"scope": scope, "grant_type": grant_type, "client_id": client_id,
+                  "user_oid": user_oid}  # fmt: skip
+        return [
+            r
+            for r in self.requests
+            if all(v is None or getattr(r, k) == v for k, v in wanted.items())
+        ]
 
     def fail_with(
         self,
@@ -212,6 +216,8 @@ class IdentityProvider(LocalServer, Directory):
             return _password.check(call, self)
         if grant == DEVICE_CODE:
             return self._device_codes.check(call, self)
+        if grant == _on_behalf_of.GRANT:
+            return _on_behalf_of.check(call, self)
         return unsupported_grant(grant)
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -223,7 +229,7 @@ class IdentityProvider(LocalServer, Directory):
         scope = form.get("scope", "")
         if grant == DEVICE_CODE:
             scope = self._device_codes.scope(form.get("device_code", ""))
-        elif grant == _password.GRANT:
+        elif grant in (_password.GRANT, _on_behalf_of.GRANT):
             scope = resource_scope(scope)
         record = TokenRequest(
             tenant=request.match_info["tenant"],
@@ -231,9 +237,8 @@ class IdentityProvider(LocalServer, Directory):
             scope=scope,
             grant_type=grant,
             time=time.time(),
-            form=MappingProxyType(
-                {k: _REDACTED if k in _SECRET_FIELDS else v for k, v in form.items()}
-            ),
+            form=redacted(form),
+            user_oid=_on_behalf_of.assertion_oid(form) if grant == _on_behalf_of.GRANT else None,
         )
         self.requests.append(record)
         failure = self._take_failure()
