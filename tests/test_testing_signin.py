@@ -3,16 +3,20 @@ their rotation, minted user tokens, and the on-behalf-of grant."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import jwt
+import msal  # type: ignore[import-untyped]  # msal ships no type information
 import pytest
+import requests
 
 from proxy.testing import ClientCertificate, Federation, IdentityProvider, LocalCA, WorkloadIssuer
 
@@ -464,3 +468,34 @@ async def test_obo_exchanges_can_be_counted_per_user(idp: IdentityProvider, ca: 
 
     assert len(idp.token_requests(grant_type=OBO_GRANT, user_oid=ann)) == 2
     assert len(idp.token_requests(POWERAPPS_SCOPE, client_id=GATEWAY_ID, user_oid=bob)) == 1
+
+
+async def test_msal_acquires_a_token_on_behalf_of_a_member(
+    idp: IdentityProvider, ca_file: Path
+) -> None:
+    oid = str(uuid.uuid4())
+    user_token = idp.user_token(audience=GATEWAY_URI, oid=oid, upn="ann@contoso.test")
+
+    def acquire() -> dict[str, Any]:
+        with requests.Session() as http:
+            http.trust_env = False  # else REQUESTS_CA_BUNDLE would override verify
+            http.verify = str(ca_file)
+            # Building the app already fetches the OIDC metadata, so it runs off the loop too.
+            app = msal.ConfidentialClientApplication(
+                GATEWAY_ID,
+                client_credential=GATEWAY_SECRET,
+                authority=f"{idp.authority_host}/{idp.tenant}",
+                instance_discovery=False,
+                http_client=http,
+            )
+            result: dict[str, Any] = app.acquire_token_on_behalf_of(user_token, [POWERAPPS_SCOPE])
+            return result
+
+    result = await asyncio.to_thread(acquire)
+
+    assert "error" not in result, result.get("error_description")
+    claims = idp.verify(result["access_token"])
+    assert (claims["oid"], claims["upn"], claims["aud"]) == (
+        oid, "ann@contoso.test", "https://service.powerapps.com/",
+    )  # fmt: skip
+    assert [r.user_oid for r in idp.token_requests(grant_type=OBO_GRANT)] == [oid]
