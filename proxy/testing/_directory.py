@@ -193,11 +193,11 @@ class Directory:
         tenant_id = self.tenant_id if tenant is None else tenant
         # Whole seconds, so that exp - iat is the lifetime, as in Entra's tokens.
         issued_at = int(time.time()) if issued_at is None else issued_at
+        v1 = version == 1
+        issuer = v1_issuer(tenant_id) if v1 else v2_issuer(self.authority_host, tenant_id)
         claims = user_claims(
             version=version,
-            issuer=v1_issuer(tenant_id)
-            if version == 1
-            else v2_issuer(self.authority_host, tenant_id),
+            issuer=issuer,
             tenant=tenant_id,
             audience=audience,
             oid=object_id(tenant_id, upn) if oid is None else oid,
@@ -220,7 +220,7 @@ class Directory:
     def app_token(self, client_id: str, scope: str, lifetime: float | None = None) -> str:
         """A signed app token, as this provider issues them (for stand-ins such as the
         managed identity endpoint, whose tokens Entra issues too)."""
-        return self.issue(
+        return self._issue(
             client_id,
             # Exactly the suffix goes: ".../.default" keeps its own trailing slash.
             scope.removesuffix(DEFAULT_SUFFIX),
@@ -228,7 +228,7 @@ class Directory:
             self.token_lifetime if lifetime is None else lifetime,
         )
 
-    def issue(
+    def _issue(
         self, client_id: str, audience: str, identity: Mapping[str, Any], lifetime: float
     ) -> str:
         """A signed v1 access token for ``client_id`` naming ``identity``."""

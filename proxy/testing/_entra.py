@@ -36,6 +36,27 @@ class EntraError:
     suberror: str | None = None  # e.g. consent_required, which MSAL reads to ask for consent
 
 
+class ScriptedFailures:
+    """The error the next token requests get instead of an answer (``fail_with()``)."""
+
+    def __init__(self) -> None:
+        self._error: EntraError | None = None
+        self._remaining: int | None = None
+
+    def script(self, error: EntraError | None, times: int | None) -> None:
+        """Fail the next ``times`` requests (None: all) with error; None clears."""
+        self._error, self._remaining = error, times
+
+    def take(self) -> EntraError | None:
+        """The error for the request arriving now, counting it, or None."""
+        error = self._error
+        if error is not None and self._remaining is not None:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._error = None
+        return error
+
+
 def unsupported_grant(grant_type: str) -> EntraError:
     """The answer to a grant this provider does not serve (or a missing grant_type)."""
     if not grant_type:

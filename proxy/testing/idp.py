@@ -2,21 +2,42 @@
 
 Endpoints, for any tenant value in the path (including domain names):
 
-- ``GET /{tenant}/v2.0/.well-known/openid-configuration``: the OIDC metadata MSAL reads.
-- ``POST /{tenant}/oauth2/v2.0/token``: the client credentials grant (RFC 6749 §4.4) with
-  ``client_secret`` in the form or HTTP Basic client auth (RFC 6749 §2.3.1), or a client
-  assertion (RFC 7523 §2.2) signed with a registered certificate (``certificates``, or
-  Subject Name/Issuer trust with ``x5c``: ``trusted_subjects``) or a federated token
-  (``federations``); the password grant (RFC 6749 §4.3) for ``public_clients`` and ``users``;
-  the device code grant (RFC 8628 §3.4), approved as ``device_sign_in``.
+- ``GET /{tenant}/v2.0/.well-known/openid-configuration``: the OIDC metadata MSAL reads;
+  ``issuer`` is ``{authority_host}/{tenant}/v2.0``, ``jwks_uri`` the keys endpoint.
+- ``GET /{tenant}/discovery/v2.0/keys``: the JWKS: every published key with ``kid`` (= ``x5t``),
+  ``kty``, ``n``, ``e``, ``use`` sig, ``alg`` RS256 and ``x5c``; fetches are counted.
+- ``POST /{tenant}/oauth2/v2.0/token``, by ``grant_type`` (one module each):
+  ``client_credentials`` (RFC 6749 §4.4) with a secret in the form or HTTP Basic (§2.3.1), or
+  a client assertion (RFC 7523 §2.2) signed with a registered certificate (``certificates``,
+  or Subject Name/Issuer trust with ``x5c``: ``trusted_subjects``) or a federated token
+  (``federations``); ``password`` (RFC 6749 §4.3) for ``public_clients`` and ``users``; the
+  device code (RFC 8628 §3.4), approved as ``device_sign_in``; and on-behalf-of
+  (``urn:ietf:params:oauth:grant-type:jwt-bearer`` with ``requested_token_use=on_behalf_of``):
+  a confidential client, authenticated as for client credentials, trades a user's token
+  whose ``aud`` is its client id or one of its ``app_id_uris`` for a token to the scope's
+  resource carrying the same user (``oid``, ``upn``, ``tid``, ``idtyp`` user, ``scp``).
 - ``POST /{tenant}/oauth2/v2.0/devicecode``: the device authorization request (RFC 8628 §3.1).
 - ``GET /common/userrealm/{username}``: the user-realm lookup MSAL makes before the password
   grant. MSAL sends it to port 443 of the authority's host whatever port the authority names,
   so a password-grant test runs this provider with ``port=443``.
-- ``GET /{tenant}/discovery/v2.0/keys``: the JWKS holding the signing key.
 
-Errors carry Entra's JSON shape and AADSTS codes; issued tokens look like Entra's v1 app
-tokens (``ver`` 1.0, ``idtyp`` app) and are signed with a key made at construction.
+Errors carry Entra's JSON shape and AADSTS codes. On-behalf-of refuses, with invalid_grant,
+an expired or not yet valid user token (AADSTS500133), one signed by a key not in the JWKS
+or not matching its signature (50013), one for another audience (500131) or another tenant
+(7000012), and, after ``require_consent()``, any (65001 with ``suberror`` consent_required).
+
+Issued tokens look like Entra's v1 tokens (``ver`` 1.0; ``idtyp`` app, or user for the user
+grants and on-behalf-of) with ``tid`` the tenant's GUID (``tenant_id``), signed by the current
+key. Methods for tests of a proxy that validates users' tokens:
+
+- ``user_token(audience=..., version=1 or 2, ...)``: a member's access token as Entra issues
+  it for a gateway app (v1: ``aud`` the App ID URI, ``iss`` ``https://sts.windows.net/{tid}/``;
+  v2: ``aud`` the client id, ``iss`` ``{authority_host}/{tid}/v2.0``), optionally with groups,
+  roles, chosen times, another tenant, an older published key or an unknown one.
+- ``rotate_signing_key(keep_old=False)`` and ``retire_signing_key(kid)``; ``jwks_requests``.
+- ``require_consent(client_id, scope)`` / ``grant_consent(...)``; ``obo_token_lifetime``.
+- ``token_requests(scope, grant_type=..., client_id=..., user_oid=...)``: the recorded
+  requests; on-behalf-of ones carry the user's ``oid`` as ``user_oid``.
 """
 
 from __future__ import annotations
@@ -25,7 +46,6 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -42,6 +62,7 @@ from proxy.testing._directory import (
 from proxy.testing._entra import (
     DESCRIPTIONS,
     EntraError,
+    ScriptedFailures,
     basic_credentials,
     correlation_id,
     error_body,
@@ -54,12 +75,6 @@ from proxy.testing.ca import LocalCA
 __all__ = ["DEFAULT_CLIENT_ID", "DEFAULT_CLIENT_SECRET", "IdentityProvider", "TokenRequest"]
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-@dataclass(slots=True)
-class _Failure:
-    error: EntraError
-    remaining: int | None
 
 
 class IdentityProvider(LocalServer, Directory):
@@ -103,7 +118,7 @@ class IdentityProvider(LocalServer, Directory):
         self.realm_lookups: list[str] = []
         self.jwks_requests = 0
         self._device_codes = DeviceCodes()
-        self._failure: _Failure | None = None
+        self._failures = ScriptedFailures()
 
     def _make_runner(self, shutdown_timeout: float) -> web.BaseRunner:
         app = web.Application()
@@ -161,11 +176,11 @@ class IdentityProvider(LocalServer, Directory):
             raise ValueError("times must be at least 1 (or None)")
         if description is None:
             description = DESCRIPTIONS.get(code, "Simulated failure.")
-        self._failure = _Failure(EntraError(status, error, code, description, retry_after), times)
+        self._failures.script(EntraError(status, error, code, description, retry_after), times)
 
     def clear_failure(self) -> None:
         """Answer token requests normally again."""
-        self._failure = None
+        self._failures.script(None, None)
 
     async def _metadata(self, request: web.Request) -> web.Response:
         base = f"{self.authority_host}/{request.match_info['tenant']}"
@@ -241,7 +256,7 @@ class IdentityProvider(LocalServer, Directory):
             user_oid=_on_behalf_of.assertion_oid(form) if grant == _on_behalf_of.GRANT else None,
         )
         self.requests.append(record)
-        failure = self._take_failure()
+        failure = self._failures.take()
         if self.delay > 0:
             await asyncio.sleep(self.delay)
         endpoint = f"{self.authority_host}/{record.tenant}/oauth2/v2.0/token"
@@ -270,7 +285,7 @@ class IdentityProvider(LocalServer, Directory):
     def _answer(self, granted: Granted, client_id: str) -> web.Response:
         lifetime = self.token_lifetime if granted.lifetime is None else granted.lifetime
         expires_in = math.ceil(lifetime)
-        token = self.issue(client_id, granted.audience, granted.identity, lifetime)
+        token = self._issue(client_id, granted.audience, granted.identity, lifetime)
         return web.json_response(
             {
                 "token_type": "Bearer",
@@ -281,13 +296,3 @@ class IdentityProvider(LocalServer, Directory):
             },
             headers=_NO_STORE,
         )
-
-    def _take_failure(self) -> EntraError | None:
-        failure = self._failure
-        if failure is None:
-            return None
-        if failure.remaining is not None:
-            failure.remaining -= 1
-            if failure.remaining <= 0:
-                self._failure = None
-        return failure.error
