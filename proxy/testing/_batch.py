@@ -143,6 +143,22 @@ class BatchRunner:
 
 
 def _operation(part: Part, changeset: int | None) -> Operation:
+    # Microsoft.OData's batch reader checks these part headers, in these words.
+    content_type = part.header("Content-Type") or ""
+    if content_type.partition(";")[0].strip().lower() != "application/http":
+        if changeset is not None and boundary_of(content_type) is not None:
+            raise _malformed("Nested change sets in a batch payload are not supported.")
+        raise _malformed(
+            f"The 'Content-Type' header value '{content_type}' is invalid. When this is the start"
+            " of the change set, the value must be 'multipart/mixed'; otherwise it must be"
+            " 'application/http'."
+        )
+    if (part.header("Content-Transfer-Encoding") or "").lower() != "binary":
+        raise _malformed(
+            "A missing or invalid 'Content-Transfer-Encoding' header was found. The"
+            " 'Content-Transfer-Encoding' header must be specified for each batch operation, and"
+            " its value must be 'binary'."
+        )
     return Operation(parse_request(part.body), part.header("Content-ID"), changeset)
 
 
