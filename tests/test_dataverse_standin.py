@@ -192,6 +192,21 @@ async def test_update_of_a_missing_record_with_if_match_is_404_in_dataverse_shap
     assert dv.records("accounts") == {}
 
 
+async def test_update_with_a_stale_etag_is_412(
+    dv: DataverseUpstream, session: aiohttp.ClientSession
+) -> None:
+    record_id = dv.add("accounts", {"name": "Old"})
+    url = f"{dv.service_root}/accounts({record_id})"
+    async with session.get(url) as response:
+        etag = (await response.json())["@odata.etag"]
+    async with session.patch(url, json={"name": "First"}, headers={"If-Match": etag}) as response:
+        assert response.status == 204
+    async with session.patch(url, json={"name": "Second"}, headers={"If-Match": etag}) as response:
+        assert response.status == 412
+        assert (await response.json())["error"]["code"] == "0x80060882"
+    assert dv.records("accounts")[record_id]["name"] == "First"
+
+
 async def test_patch_without_if_match_creates_a_missing_record(
     dv: DataverseUpstream, session: aiohttp.ClientSession
 ) -> None:

@@ -82,9 +82,11 @@ class Tables:
         return f"{self._logical[entity_set]}id"
 
     def snapshot(self) -> dict[str, dict[str, Row]]:
+        """A copy of every record, to undo a change set with ``restore``."""
         return copy.deepcopy(self.rows)
 
     def restore(self, snapshot: dict[str, dict[str, Row]]) -> None:
+        """Put back the records of a ``snapshot``."""
         self.rows = snapshot
 
     def insert(self, root: str, entity_set: str, record: Row) -> str:
@@ -93,8 +95,7 @@ class Tables:
         record_id = guid(str(record.get(key) or uuid.uuid4()))
         if record_id in self.rows[entity_set]:
             raise ODataError(412, "0x80040237", "A record with matching key values already exists.")
-        self.rows[entity_set][record_id] = {key: record_id}
-        self._write(root, entity_set, record_id, record)
+        self._write(root, entity_set, record_id, record, {key: record_id})
         return record_id
 
     def execute(
@@ -129,18 +130,21 @@ class Tables:
 
     def _one(self, call: _Call, name: str, record_id: str, rest: str | None) -> Reply:
         method, exists = call.method, record_id in self.rows[name]
-        if (
-            method == "PATCH"
-            and rest is None
-            and not exists
-            and call.headers.get("If-Match") != "*"
-        ):
+        if_match = call.headers.get("If-Match")
+        if method == "PATCH" and rest is None and not exists and if_match is None:
             # PATCH without If-Match is an upsert: it creates a missing record.
             self.insert(call.root, name, {**json_object(call.body), self.key(name): record_id})
             return self._written(call, name, record_id)
         if not exists:
             message = f"Entity '{name[:-1]}' With Id = {record_id} Does Not Exist"
             raise ODataError(404, NOT_FOUND_CODE, message)
+        etag = f'W/"{self.rows[name][record_id].get("versionnumber")}"'
+        if method != "GET" and if_match not in (None, "*", etag):
+            # Optimistic concurrency: the write was based on an older version.
+            message = (
+                "The version of the existing record doesn't match the RowVersion property provided."
+            )
+            raise ODataError(412, "0x80060882", message)
         if method == "GET" and rest is None:
             row = shape(self.rows[name][record_id], call.query, self.key(name))
             where = context(call.root, name, call.query, "/$entity")
@@ -158,8 +162,12 @@ class Tables:
             return Reply(204)
         raise ODataError(405, QUERY_CODE, f"{method} is not supported on '{call.path}'.")
 
-    def _write(self, root: str, entity_set: str, record_id: str, changes: Row) -> None:
-        row = self.rows[entity_set][record_id]
+    def _write(
+        self, root: str, entity_set: str, record_id: str, changes: Row, row: Row | None = None
+    ) -> None:
+        """Apply changes to a copy of the record (or to ``row``, a new one) and store it only
+        when every change is valid."""
+        row = dict(self.rows[entity_set][record_id]) if row is None else row
         for column, value in changes.items():
             if column.endswith("@odata.bind"):
                 navigation = column.removesuffix("@odata.bind")
@@ -168,6 +176,7 @@ class Tables:
                 row[column] = value
         self._version += 1
         row["versionnumber"] = self._version
+        self.rows[entity_set][record_id] = row
 
     def _bound_id(self, root: str, reference: object) -> str | None:
         """The id an ``@odata.bind`` names: ``set(id)``, ``/set(id)`` or an absolute URL."""
