@@ -104,6 +104,7 @@ class Throttle:
     refused: int = 0
 
     def applies(self, method: str, path: str) -> bool:
+        """Whether a request (path below the service root) is still to be refused."""
         if self.remaining <= 0 or (self.method is not None and self.method != method):
             return False
         return self.path is None or path.startswith(self.path)
