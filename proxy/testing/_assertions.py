@@ -1,9 +1,8 @@
-"""Entra ID's checks of client assertions (certificates and federated tokens) and of user
-credentials, as pure functions returning the error Entra would answer, or None."""
+"""Entra ID's checks of client assertions (certificates and federated tokens), as pure
+functions returning the error Entra would answer, or None."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from base64 import b64decode
 from collections.abc import Mapping, Sequence
@@ -18,10 +17,6 @@ from proxy.testing._entra import EntraError
 from proxy.testing.credentials import TOKEN_EXCHANGE_AUDIENCE, b64url
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-PASSWORD_GRANT = "password"  # noqa: S105 (a grant type, not a password)
-DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
-# OpenID scopes MSAL adds to user flows; the remaining scope names the resource.
-OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +28,6 @@ class Federation:
     subject: str
     public_key: Any = field(repr=False)
     audience: str = TOKEN_EXCHANGE_AUDIENCE
-
-
-def resource_scope(scope: str) -> str:
-    """The resource's scope in a user flow's scope list (MSAL adds the OpenID scopes)."""
-    rest = [s for s in scope.split() if s not in OIDC_SCOPES]
-    return " ".join(rest)
 
 
 def _invalid_client(code: int, text: str) -> EntraError:
@@ -65,13 +54,14 @@ def _time_range(claims: Mapping[str, Any], now: float) -> EntraError | None:
         return _invalid_client(
             700024,
             f"Client assertion is not within its valid time range. Current time: "
-            f"{_iso(now)}, assertion valid from {_iso(nbf)}, expiry time of assertion "
-            f"{_iso(exp)}.",
+            f"{iso_time(now)}, assertion valid from {iso_time(nbf)}, expiry time of assertion "
+            f"{iso_time(exp)}.",
         )
     return None
 
 
-def _iso(value: Any) -> str:
+def iso_time(value: Any) -> str:
+    """A NumericDate as Entra prints times in its errors; "(none)" for a missing one."""
     if not isinstance(value, int | float):
         return "(none)"
     return time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z", time.gmtime(value))
@@ -202,27 +192,3 @@ def check_federated_assertion(
     except jwt.InvalidTokenError:
         return _malformed()
     return _time_range(unverified, now)
-
-
-def check_user(
-    *, tenant: str, username: str, password: str, users: Mapping[str, str]
-) -> EntraError | None:
-    """The resource owner password credentials grant (RFC 6749 §4.3) for a managed user."""
-    expected = {u.lower(): p for u, p in users.items()}.get(username.lower())
-    if expected is None:
-        return EntraError(
-            400,
-            "invalid_grant",
-            50034,
-            f"The user account {{EmailHidden}} does not exist in the {tenant} directory. To "
-            "sign into this application, the account must be added to the directory.",
-        )
-    digest = hashlib.sha256
-    if digest(password.encode()).digest() != digest(expected.encode()).digest():
-        return EntraError(
-            400,
-            "invalid_grant",
-            50126,
-            "Error validating credentials due to invalid username or password.",
-        )
-    return None

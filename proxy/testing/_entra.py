@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 DEFAULT_SUFFIX = "/.default"
-CLIENT_CREDENTIALS = "client_credentials"
 
 # Default texts for IdentityProvider.fail_with(), by AADSTS code.
 DESCRIPTIONS = {
@@ -34,30 +33,49 @@ class EntraError:
     code: int
     description: str
     retry_after: str | None = None  # sent as the Retry-After header when set
+    suberror: str | None = None  # e.g. consent_required, which MSAL reads to ask for consent
 
 
-def check_client_credentials(
-    *,
-    tenant: str,
-    grant_type: str,
-    client_id: str,
-    secret: str | None,
-    expected_secret: str | None,
-    scope: str,
-) -> EntraError | None:
-    """Validate a client credentials request (RFC 6749 §4.4) in Entra's order:
-    grant, client, secret, scope. expected_secret is None for an unknown client."""
+class ScriptedFailures:
+    """The error the next token requests get instead of an answer (``fail_with()``)."""
+
+    def __init__(self) -> None:
+        self._error: EntraError | None = None
+        self._remaining: int | None = None
+
+    def script(self, error: EntraError | None, times: int | None) -> None:
+        """Fail the next ``times`` requests (None: all) with error; None clears."""
+        self._error, self._remaining = error, times
+
+    def take(self) -> EntraError | None:
+        """The error for the request arriving now, counting it, or None."""
+        error = self._error
+        if error is not None and self._remaining is not None:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._error = None
+        return error
+
+
+def unsupported_grant(grant_type: str) -> EntraError:
+    """The answer to a grant this provider does not serve (or a missing grant_type)."""
     if not grant_type:
-        return _missing("grant_type")
-    if grant_type != CLIENT_CREDENTIALS:
-        return EntraError(
-            400,
-            "unsupported_grant_type",
-            70003,
-            f"The app requested an unsupported grant type '{grant_type}'.",
-        )
+        return missing("grant_type")
+    return EntraError(
+        400,
+        "unsupported_grant_type",
+        70003,
+        f"The app requested an unsupported grant type '{grant_type}'.",
+    )
+
+
+def check_secret(
+    *, tenant: str, client_id: str, secret: str | None, expected_secret: str | None
+) -> EntraError | None:
+    """A confidential client's id and secret in Entra's order: client, then secret.
+    expected_secret is None for an unknown client."""
     if not client_id:
-        return _missing("client_id")
+        return missing("client_id")
     if expected_secret is None:
         return EntraError(
             400,
@@ -78,7 +96,7 @@ def check_client_credentials(
         )
     if not _same(secret, expected_secret):
         return EntraError(401, "invalid_client", 7000215, DESCRIPTIONS[7000215])
-    return check_scope(scope)
+    return None
 
 
 def error_body(
@@ -97,6 +115,7 @@ def error_body(
         "trace_id": trace_id,
         "correlation_id": correlation_id,
         "error_uri": error_uri,
+        **({"suberror": problem.suberror} if problem.suberror else {}),
     }
 
 
@@ -127,7 +146,8 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def _missing(field: str) -> EntraError:
+def missing(field: str) -> EntraError:
+    """Entra's answer to a request without a required form field."""
     return EntraError(
         400,
         "invalid_request",

@@ -1,4 +1,4 @@
-"""An RS256 signing key with a self-signed certificate, published as a JWK."""
+"""RS256 signing keys with self-signed certificates, published as a JWKS, and rotated."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class SigningKey:
         return {
             "kty": "RSA",
             "use": "sig",
+            "alg": "RS256",
             "kid": self.kid,
             "x5t": self.kid,
             "n": numbers["n"],
@@ -59,3 +60,45 @@ class SigningKey:
         return jwt.encode(
             claims, self._private, algorithm="RS256", headers={"kid": self.kid, "x5t": self.kid}
         )
+
+
+class KeyRing:
+    """The provider's keys: ``current`` signs what is issued from now on, ``published`` are
+    served as the JWKS (``current`` first). A key that is never published, ``stranger``,
+    signs tokens that must not verify."""
+
+    def __init__(self) -> None:
+        self.current = SigningKey()
+        self._published = [self.current]
+        self._stranger: SigningKey | None = None
+
+    @property
+    def published(self) -> tuple[SigningKey, ...]:
+        """The keys in the JWKS."""
+        return tuple(self._published)
+
+    def rotate(self, *, keep_old: bool) -> SigningKey:
+        """Make a new current key; the keys published so far stay only if keep_old."""
+        key = SigningKey()
+        self._published = [key, *self._published] if keep_old else [key]
+        self.current = key
+        return key
+
+    def retire(self, kid: str) -> None:
+        """Take a key other than the current one out of the JWKS."""
+        if kid == self.current.kid:
+            raise ValueError("the current signing key cannot be retired; rotate first")
+        if self.find(kid) is None:
+            raise KeyError(kid)
+        self._published = [k for k in self._published if k.kid != kid]
+
+    def find(self, kid: object) -> SigningKey | None:
+        """The published key with this kid, or None."""
+        return next((k for k in self._published if k.kid == kid), None)
+
+    @property
+    def stranger(self) -> SigningKey:
+        """A key made on first use and never published."""
+        if self._stranger is None:
+            self._stranger = SigningKey()
+        return self._stranger
