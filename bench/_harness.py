@@ -111,6 +111,7 @@ class Procs:
         *,
         log: Path | None = None,
         env: Mapping[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> Proc:
         out: IO[bytes] | int = subprocess.DEVNULL
         if log is not None:
@@ -123,7 +124,7 @@ class Procs:
                 stderr=out,
                 env=dict(env) if env is not None else child_env(),
                 start_new_session=True,
-                cwd=ROOT,
+                cwd=cwd,
             )
         finally:
             if not isinstance(out, int):
@@ -407,11 +408,13 @@ def ppproxy_argv(config: Path) -> list[str]:
     return [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--log-level", "info"]
 
 
-async def start_ppproxy(procs: Procs, name: str, config: Path, port: int, log: Path) -> Proc:
-    """``python -m proxy serve`` with its (JSON) logs in ``log``; waits for livez."""
-    proc = await procs.start(
-        name, ppproxy_argv(config), log=log, env=child_env(**{SECRET_ENV: CLIENT_SECRET})
-    )
+async def start_ppproxy(
+    procs: Procs, name: str, config: Path, port: int, log: Path, *, tree: Path = ROOT
+) -> Proc:
+    """``python -m proxy serve`` with its (JSON) logs in ``log``; waits for livez. ``tree`` is
+    the source tree whose ``proxy`` package runs (another revision, for bench/compare.py)."""
+    env = child_env(**{SECRET_ENV: CLIENT_SECRET}, PYTHONPATH=str(tree))
+    proc = await procs.start(name, ppproxy_argv(config), log=log, env=env, cwd=tree)
     await wait_http(f"http://{HOST}:{port}/_proxy/livez", proc)
     return proc
 

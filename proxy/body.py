@@ -22,6 +22,9 @@ class RequestBody:
     too_large: bool = False  # set when a streamed body went past max_body_bytes
 
 
+_NO_BODY = RequestBody(None, True, None)  # never changed: nothing to wrap or cap
+
+
 async def prepare(
     request: web.Request,
     *,
@@ -32,6 +35,8 @@ async def prepare(
     """Read at most ``replay_limit`` bytes ahead; stream the rest, enforcing ``max_bytes``.
 
     ``capture``, when given, gets a bounded copy of the body as it passes upstream."""
+    if not request.body_exists:
+        return _NO_BODY
     body = await _prepare(request, replay_limit, max_bytes)
     if capture is not None and body.data is not None:
         if isinstance(body.data, bytes):
@@ -43,8 +48,6 @@ async def prepare(
 
 
 async def _prepare(request: web.Request, replay_limit: int, max_bytes: int | None) -> RequestBody:
-    if not request.body_exists:
-        return RequestBody(None, True, None)
     content = request.content
     declared = request.content_length
     if declared is not None:

@@ -14,15 +14,18 @@ Observers only read; they never steer the request. Adding one touches nothing el
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 from yarl import URL
 
 from . import request_id
+
+if TYPE_CHECKING:
+    from .state import State
 
 log = structlog.get_logger("proxy")
 
@@ -56,13 +59,15 @@ class BodyCapture:
 class Exchange:
     """A request and its answer as the proxy handled them. Never holds a token or a key."""
 
-    request: web.Request = field(repr=False)  # after the guard removed the client's key
+    # As the client sent them, less its access key. Not the request itself: the request holds
+    # its exchange, and a cycle would keep both (and their buffers) alive until a GC pass.
+    client_headers: Mapping[str, str] = field(repr=False)
     request_id: str
     method: str
     path: str  # decoded, without the query: what the access log shows
     target: str  # the raw path and query as received
+    state: State | None = field(default=None, repr=False)  # the configuration serving it
     started: float = field(default_factory=time.perf_counter)
-    started_wall: float = field(default_factory=time.time)
     client: str | None = None  # the [access] client's name
     refused: bool = False  # answered by the guard: never reached a route
     route: str | None = None
@@ -88,9 +93,10 @@ class Exchange:
     @classmethod
     def of(cls, request: web.Request) -> Exchange:
         """A new exchange for ``request``, with the client's request id or a new one."""
+        headers = request.headers
         return cls(
-            request,
-            request_id.of(request.headers),
+            headers,
+            request_id.of(headers),
             request.method,
             request.path,
             request.raw_path,
@@ -102,10 +108,10 @@ class Exchange:
         self.reason = reason or ""
         self.response_headers = headers  # not copied: only an observer that keeps them does
 
-    def close(self) -> None:
+    def close(self, bytes_in: int) -> None:
         """Stamp the totals once the exchange is over."""
         self.duration_ms = round((time.perf_counter() - self.started) * 1000, 2)
-        self.bytes_in = self.request.content.total_bytes
+        self.bytes_in = bytes_in
 
 
 class Observer:
@@ -132,17 +138,27 @@ class Observers:
         self._started = _hooks(observers, "response_started")
         self._finished = _hooks(observers, "finished")
 
+    # The three loops are written out, not shared through a helper: they run for every request.
     def received(self, exchange: Exchange) -> None:
         for hook in self._received:
-            _call(hook, exchange)
+            try:
+                hook(exchange)
+            except Exception as e:  # an observer's bug must not break the request it watches
+                _failed(hook, e)
 
     def response_started(self, exchange: Exchange) -> None:
         for hook in self._started:
-            _call(hook, exchange)
+            try:
+                hook(exchange)
+            except Exception as e:
+                _failed(hook, e)
 
     def finished(self, exchange: Exchange) -> None:
         for hook in self._finished:
-            _call(hook, exchange)
+            try:
+                hook(exchange)
+            except Exception as e:
+                _failed(hook, e)
 
 
 def _hooks(observers: Sequence[Observer], name: str) -> tuple[Any, ...]:
@@ -150,11 +166,8 @@ def _hooks(observers: Sequence[Observer], name: str) -> tuple[Any, ...]:
     return tuple(getattr(o, name) for o in observers if getattr(type(o), name, base) is not base)
 
 
-def _call(hook: Any, exchange: Exchange) -> None:
-    try:
-        hook(exchange)
-    except Exception as e:  # an observer's bug must not break the request it watches
-        log.error("observer.failed", observer=type(hook.__self__).__name__, error=type(e).__name__)
+def _failed(hook: Any, error: Exception) -> None:
+    log.error("observer.failed", observer=type(hook.__self__).__name__, error=type(error).__name__)
 
 
 KEY = web.RequestKey("exchange", Exchange)

@@ -25,7 +25,7 @@ from .rewrite import ClientView, add_default_query
 from .routing import Target
 from .runtime import Runtime
 from .send import send
-from .state import CURRENT, State
+from .state import State
 
 
 class Forwarder:
@@ -36,27 +36,27 @@ class Forwarder:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         runtime = self._runtime
-        state = request.get(CURRENT) or runtime.state
         exchange = request.get(KEY)
-        if exchange is None:  # only when no guard ran (the app always installs one)
+        unchecked = exchange is None  # the guard made one for every path outside /_proxy
+        if exchange is None:
             exchange = request[KEY] = Exchange.of(request)
             runtime.observers.received(exchange)
         try:
-            return await self._forward(request, exchange, state)
+            if unchecked and paths.is_reserved(request.path):
+                raise NoRoute(f"no proxy endpoint {request.path}")
+            return await self._forward(request, exchange, exchange.state or runtime.state)
         except ProxyError as e:
             return self._answer(exchange, e)
         except asyncio.CancelledError:
             exchange.status = 499  # the client went away; its upstream request went with it
             raise
         finally:
-            exchange.close()
+            exchange.close(request.content.total_bytes)
             runtime.observers.finished(exchange)
 
     async def _forward(
         self, request: web.Request, exchange: Exchange, state: State
     ) -> web.StreamResponse:
-        if paths.is_reserved(request.path):
-            raise NoRoute(f"no proxy endpoint {request.path}")
         resolved = state.resolver.resolve(request)  # the guard resolved it already
         target = resolved.target
         if target is None:

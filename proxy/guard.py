@@ -25,7 +25,7 @@ from .exchange import KEY, Exchange
 from .hygiene import check_request
 from .peers import peer_is_loopback
 from .runtime import Runtime
-from .state import CURRENT, State
+from .state import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,17 +43,19 @@ class Guard:
             client, request = _admit(request, state)
         except ProxyError as e:
             return self._refuse(request, e, None)
+        reserved = paths.is_reserved(request.path)  # the proxy's own endpoints: not exchanges
         with _bound(client):
             try:
-                _authorize(request, client, state)
+                if not reserved:
+                    _authorize(request, client, state)
             except ProxyError as e:
                 return self._refuse(request, e, client)
-            if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
+            if not reserved:
                 exchange = Exchange.of(request)
                 exchange.client = client.name if client is not None else None
+                exchange.state = state  # forwarded under the version it was checked against
                 request[KEY] = exchange
                 self._runtime.observers.received(exchange)
-            request[CURRENT] = state  # the handler uses the version the guard checked against
             return await handler(request)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
@@ -64,7 +66,8 @@ class Guard:
         client = None
         try:
             client, checked = _admit(request, state)
-            _authorize(checked, client, state)
+            if not paths.is_reserved(request.path):
+                _authorize(checked, client, state)
             target = state.resolver.resolve(request).target
             limit = target.route.policy.max_body_bytes if target is not None else None
             length = request.content_length
@@ -94,7 +97,7 @@ class Guard:
         response.force_close()
         exchange.respond(response.status, response.reason, response.headers.items())
         observers.response_started(exchange)
-        exchange.close()
+        exchange.close(request.content.total_bytes)
         observers.finished(exchange)
         return response
 
@@ -127,8 +130,6 @@ def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web
 
 def _authorize(request: web.Request, client: AccessClient | None, state: State) -> None:
     """The client's grants and the route's policy, for a request that names a route."""
-    if paths.is_reserved(request.path):
-        return
     resolved = state.resolver.resolve(request)
     if resolved.target is None:
         return  # the forwarder answers 404 no_route

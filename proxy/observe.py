@@ -27,7 +27,7 @@ _SECRET_FIELD = re.compile(
 REDACTED = "[redacted]"
 
 # Keys whose values are counts or metadata about a token, not the token itself.
-_SAFE_KEYS = frozenset({"token_source", "token_wait_ms", "token", "expires_in"})
+_SAFE_KEYS = frozenset({"token_source", "token_wait_ms", "expires_in"})
 
 
 def redact_text(text: str) -> str:
@@ -58,7 +58,7 @@ def redact(value: Any, key: str = "") -> Any:
 # Fields the proxy fills with values of its own (codes, configured names, clock readings):
 # nothing a client or the identity provider wrote can be in them, so they skip the regexes.
 # (The request id and the method come from the client: they are still redacted.)
-_OWN_FIELDS = frozenset({"event", "level", "timestamp", "route", "error", "token"})
+_OWN_FIELDS = frozenset({"event", "level", "timestamp", "route", "error", "token_source"})
 _PLAIN = (int, float, bool, type(None))
 
 

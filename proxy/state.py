@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from .browsers import allowed_hosts
 from .config import Config
 from .identity import msal_provider
@@ -94,7 +92,3 @@ def _same_identity(old: Config, new: Config, name: str) -> bool:
         and old.outbound == new.outbound
         and old.tokens == new.tokens
     )
-
-
-# The version a request started with, left on it by the guard for the handler.
-CURRENT = web.RequestKey("state", State)

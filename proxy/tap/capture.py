@@ -9,6 +9,7 @@ The injected token is never kept: only a summary of its claims, decoded when it 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,15 +85,17 @@ def _looks_like_text(data: bytearray) -> bool:
 
 def record(exchange: Exchange, record_id: int) -> Record:
     """The redacted, JSON-ready record of a finished exchange."""
-    client_headers = headers_of(exchange.request.headers.items()) or []
+    client_headers = headers_of(exchange.client_headers.items()) or []
     upstream_headers = headers_of(exchange.upstream_headers)
     response_headers = headers_of(exchange.response_headers) or []
     request_headers = upstream_headers if upstream_headers is not None else client_headers
     upstream_url = exchange.upstream_url
+    # The wall clock when it started, read once here rather than on every request.
+    started = time.time() - exchange.duration_ms / 1000
     return {
         "id": record_id,
-        "time": iso(exchange.started_wall, millis=True),
-        "started": exchange.started_wall,
+        "time": iso(started, millis=True),
+        "started": started,
         "request_id": redact_text(exchange.request_id),
         "route": exchange.route,
         "method": exchange.method,
