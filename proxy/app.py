@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -58,16 +58,19 @@ def create_app(
     *,
     token_providers: Mapping[str, TokenProvider] | None = None,
     metrics_dir: str | None = None,
+    observers: Sequence[Observer] = (),
 ) -> web.Application:
     """The proxy application. ``token_providers`` (identity name -> provider) replaces MSAL;
-    ``metrics_dir`` switches metrics to multiprocess mode (several workers share it)."""
+    ``metrics_dir`` switches metrics to multiprocess mode (several workers share it);
+    ``observers`` are called for every exchange after the access log, metrics and tap."""
     app = web.Application(client_max_size=0)
     metrics = Metrics(metrics_dir)
-    observers: list[Observer] = [AccessLog(), metrics]
+    watching: list[Observer] = [AccessLog(), metrics]
     the_tap = tap.Tap(config.tap) if config.tap.enabled else None
     if the_tap is not None:
-        observers.append(the_tap)
-    runtime = app[RUNTIME] = Runtime(config, Observers(observers), given=token_providers)
+        watching.append(the_tap)
+    watching.extend(observers)
+    runtime = app[RUNTIME] = Runtime(config, Observers(watching), given=token_providers)
     metrics.watch(runtime.snapshot)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

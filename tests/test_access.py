@@ -20,7 +20,7 @@ from proxy.errors import Unauthenticated
 from proxy.testing import EchoUpstream
 
 from .conftest import StartProxy, events, raw_exchange
-from .test_cli import free_port
+from .processes import free_port
 
 CI_KEY = "ppk_ci-key-for-tests-0123456789abcdef"
 OPS_KEY = "ppk_ops-key-for-tests-0123456789abcdef"

@@ -22,7 +22,7 @@ from proxy.policy import compile_glob
 from proxy.testing import EchoUpstream
 
 from .conftest import StartProxy, raw_exchange
-from .test_cli import free_port, read_until, spawn
+from .processes import free_port, read_until, spawn
 
 
 def headers(**extra: str) -> CIMultiDict[str]:
@@ -518,3 +518,20 @@ async def test_expect_continue_needs_the_key_first(
     assert (await _expect_exchange(proxy.url, head)).startswith(b"HTTP/1.1 401")
     with_key = head.replace(b"Expect:", b"X-Api-Key: k\r\nExpect:")
     assert (await _expect_exchange(proxy.url, with_key)).startswith(b"HTTP/1.1 100")
+
+
+async def test_reserved_prefix_is_judged_decoded(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """aiohttp routes on the decoded path, so /%5Fproxy/... is the proxy's own namespace
+    everywhere: its endpoints answer there, and nothing under it goes to a "/" route."""
+    proxy = await start_proxy([{"name": "all", "prefix": "/", "upstream": echo.url}])
+    async with client.get(URL(f"{proxy.url}/%5Fproxy/livez", encoded=True)) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["status"] == "alive"
+    async with client.get(URL(f"{proxy.url}/%5Fproxy/nothing", encoded=True)) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "no_route"
+    async with client.get(f"{proxy.url}/_proxy/nothing") as resp:
+        assert resp.status == 404
+    assert echo.requests == []

@@ -13,7 +13,7 @@ import pytest
 from proxy.testing import EchoUpstream, IdentityProvider
 
 from .conftest import config_dict
-from .test_cli import free_port, read_until, serve_echo, write_config
+from .processes import free_port, read_until, serve_echo, write_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGHUP is POSIX-only")
 

@@ -15,7 +15,7 @@ import pytest
 from proxy.testing import EchoUpstream, IdentityProvider
 
 from .conftest import StartProxy
-from .test_cli import read_until, serve_echo
+from .processes import read_until, serve_echo
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX-only")
 

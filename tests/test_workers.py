@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import workers
 from proxy.testing import EchoUpstream, IdentityProvider
 
-from .test_cli import serve_echo
+from .processes import serve_echo
 
 BOTH_LISTENING = "server.listening.*\n(.|\n)*server.listening"
 pytestmark = pytest.mark.skipif(not workers.supported(), reason="needs SO_REUSEPORT (POSIX)")

@@ -1,7 +1,8 @@
 """Local servers for testing the proxy without the network: an HTTPS identity provider
-that speaks Microsoft Entra ID's v2 endpoints, and an echo upstream.
+that speaks Microsoft Entra ID's v2 endpoints, an echo upstream, and a Dataverse-like upstream
+(CRUD, paging, ``$batch``, service-protection 429s).
 
-Both are real aiohttp servers bound to loopback only. Needs the ``testing`` extra
+All are real aiohttp servers bound to loopback only. Needs the ``testing`` extra
 (trustme, PyJWT with cryptography)::
 
     ca = LocalCA()
@@ -13,6 +14,7 @@ from proxy.testing._assertions import Federation
 from proxy.testing.bap import AdminApplications
 from proxy.testing.ca import LocalCA
 from proxy.testing.credentials import ClientCertificate, WorkloadIssuer
+from proxy.testing.dataverse import DataverseUpstream
 from proxy.testing.echo import GZIP_BODY, EchoUpstream, Received, pattern, pattern_sha256
 from proxy.testing.idp import (
     DEFAULT_CLIENT_ID,
@@ -28,6 +30,7 @@ __all__ = [
     "GZIP_BODY",
     "AdminApplications",
     "ClientCertificate",
+    "DataverseUpstream",
     "EchoUpstream",
     "Federation",
     "IdentityProvider",
