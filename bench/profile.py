@@ -6,7 +6,7 @@ Profiles ppproxy (one worker, info logging) and bench/minimal_proxy.py under the
 against nginx ``return 200``, and prints Markdown: CPU microseconds per request by component
 (each sample goes to the innermost frame that belongs to a known component, so library helpers
 such as ``json`` or ``multidict`` count for whoever called them), the top functions by self
-time, and the lines of proxy/forward.py that were running. Idle time (waiting in epoll) is not
+time, and the ppproxy functions that were running (inclusive). Idle time (waiting in epoll) is not
 sampled, nor are thread-pool workers waiting for work. Paste the findings into the Profile
 section of docs/benchmarks.md.
 """
@@ -41,8 +41,22 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::(?P<line>\d+))?\)$")
 
 # (component, file pattern), checked in order on each frame from the innermost outwards.
 COMPONENTS = [
-    ("logging: structlog, redaction, JSON", re.compile(r"^(structlog/|proxy/observe\.py)")),
-    ("ppproxy code (proxy/)", re.compile(r"^proxy/")),
+    (
+        "request log: structlog, redaction, JSON",
+        re.compile(r"^(structlog/|orjson|proxy/observe\.py|proxy/accesslog\.py)"),
+    ),
+    ("metrics: prometheus-client", re.compile(r"^(prometheus_client/|proxy/metrics\.py)")),
+    ("the tap", re.compile(r"^proxy/tap/")),
+    (
+        "guard: hygiene, Host/Origin, keys, policy",
+        re.compile(r"^proxy/(guard|hygiene|browsers|access|policy|peers|paths)\.py"),
+    ),
+    ("exchange and observers", re.compile(r"^proxy/(exchange|request_id)\.py")),
+    (
+        "forwarder stages: routing, body, token, headers, send, relay",
+        re.compile(r"^proxy/(forward|routing|limits|body|tokens|send|headers|relay|rewrite)\.py"),
+    ),
+    ("ppproxy code, other (proxy/)", re.compile(r"^proxy/")),
     ("minimal proxy code", re.compile(r"^bench/minimal_proxy\.py")),
     (
         "aiohttp client (request, connector, response)",
@@ -133,9 +147,9 @@ def summarize(profiles: list[Profile]) -> str:
     for p in profiles:
         out += ["", f"### {p.name}: top functions by self time", ""]
         out += _top_self(p)
-        lines = _forward_lines(p)
+        lines = _proxy_functions(p)
         if lines:
-            out += ["", f"### {p.name}: lines of proxy/forward.py running (inclusive)", ""]
+            out += ["", f"### {p.name}: ppproxy functions running (inclusive)", ""]
             out += lines
     return "\n".join(out)
 
@@ -151,13 +165,13 @@ def _top_self(p: Profile, n: int = 15) -> list[str]:
     return rows
 
 
-def _forward_lines(p: Profile, n: int = 12) -> list[str]:
+def _proxy_functions(p: Profile, n: int = 15) -> list[str]:
+    """Each sample counts once for every ppproxy function on its stack (inclusive time)."""
     where: Counter[str] = Counter()
     for frames, count in p.stacks.items():
-        inner = [f for f in frames if f[1] == "proxy/forward.py"]
-        if inner:
-            func, _, line = inner[-1]
-            where[f"`{func}` line {line}"] += count
+        seen = {f"`{func}` ({file})" for func, file, _ in frames if file.startswith("proxy/")}
+        for name in seen:
+            where[name] += count
     if not where:
         return []
     rows = ["| where | % of samples |", "| --- | ---: |"]

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from .exchange import Exchange, Observer
-
-log = structlog.get_logger("proxy.access")
+from .observe import access_log
 
 
 class AccessLog(Observer):
     def finished(self, exchange: Exchange) -> None:
         if exchange.refused:
-            log.info(
+            access_log().info(
                 "request.rejected",
                 request_id=exchange.request_id,
                 method=exchange.method,
@@ -49,4 +46,4 @@ class AccessLog(Observer):
         fields["bytes_in"] = exchange.bytes_in
         if exchange.bytes_out is not None:
             fields["bytes_out"] = exchange.bytes_out
-        log.info("request", **fields)
+        access_log().info("request", **fields)

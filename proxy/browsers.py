@@ -3,6 +3,7 @@ other sites driving the proxy from a browser on this machine)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _HOST = re.compile(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+))(?::[0-9]{0,5})?$")
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of Host values, asked for on every request
 def host_name(value: str) -> str | None:
     """The lowercased name in a ``Host`` value (``name``, ``name:port``, ``[v6]:port``)."""
     m = _HOST.match(value.strip())

@@ -10,8 +10,7 @@ only runs them in order against the current :class:`~proxy.state.State`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import HttpVersion11, web
@@ -43,20 +42,31 @@ class Guard:
             client, request = _admit(request, state)
         except ProxyError as e:
             return self._refuse(request, e, None)
-        reserved = paths.is_reserved(request.path)  # the proxy's own endpoints: not exchanges
-        with _bound(client):
+        if client is None:
+            return await self._pass(request, handler, state, None)
+        # The client's name on every log event of its request (the audit trail).
+        with structlog.contextvars.bound_contextvars(access_client=client.name):
+            return await self._pass(request, handler, state, client)
+
+    async def _pass(
+        self,
+        request: web.Request,
+        handler: Handler,
+        state: State,
+        client: AccessClient | None,
+    ) -> web.StreamResponse:
+        """The grants and policy, then the handler with the request's exchange."""
+        if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
             try:
-                if not reserved:
-                    _authorize(request, client, state)
+                _authorize(request, client, state)
             except ProxyError as e:
                 return self._refuse(request, e, client)
-            if not reserved:
-                exchange = Exchange.of(request)
-                exchange.client = client.name if client is not None else None
-                exchange.state = state  # forwarded under the version it was checked against
-                request[KEY] = exchange
-                self._runtime.observers.received(exchange)
-            return await handler(request)
+            exchange = Exchange.of(request)
+            exchange.client = client.name if client is not None else None
+            exchange.state = state  # forwarded under the version it was checked against
+            request[KEY] = exchange
+            self._runtime.observers.received(exchange)
+        return await handler(request)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: the same checks before the client is told to send its body,
@@ -138,12 +148,3 @@ def _authorize(request: web.Request, client: AccessClient | None, state: State) 
         access.authorize(client, route, request.method)
     state.policies[route.name].check(request.method, request.raw_path, prefixed=prefixed)
 
-
-@contextlib.contextmanager
-def _bound(client: AccessClient | None) -> Iterator[None]:
-    """The client's name on every log event of its request (the audit trail), then unbound."""
-    if client is None:
-        yield
-        return
-    with structlog.contextvars.bound_contextvars(access_client=client.name):
-        yield

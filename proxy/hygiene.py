@@ -31,9 +31,12 @@ def check_request(method: str, target: str, headers: MultiMapping[str]) -> None:
         raise NotProxied(f"{method} is not proxied: the answer would carry the proxy's token")
     # An upgrade request is Upgrade plus "upgrade" in Connection (RFC 9110 §7.8), as aiohttp's
     # parser sees it too; a bare Upgrade header is hop-by-hop noise the forwarder drops.
-    connection = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
-    if "Upgrade" in headers and "upgrade" in connection:
-        raise NotProxied("Upgrade requests (WebSockets, h2c) are not proxied")
+    if "Upgrade" in headers:
+        connection = {
+            t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")
+        }
+        if "upgrade" in connection:
+            raise NotProxied("Upgrade requests (WebSockets, h2c) are not proxied")
     if "Host" not in headers:
         raise BadRequest("a Host header is required (RFC 9112 §3.2)")
     if _CONTROL.search(target):
@@ -49,6 +52,10 @@ def check_request(method: str, target: str, headers: MultiMapping[str]) -> None:
         raise BadRequest("the path must not start with //")
     if "\\" in path:
         raise BadRequest("backslashes are not allowed in the path")
+    if "%" not in path:  # nothing encoded: only raw dot segments are left to look for
+        if "." in path and any(s.split(";", 1)[0] in (".", "..") for s in path.split("/")):
+            raise BadRequest("'.' and '..' segments are not allowed in the path, encoded or not")
+        return
     if _BAD_ESCAPE.search(path):
         raise BadRequest("malformed percent-encoding in the path")
     if _ENCODED_SEPARATOR.search(path):

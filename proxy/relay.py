@@ -23,6 +23,16 @@ log = structlog.get_logger("proxy.access")
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+class _HeadersWithBody(web.StreamResponse):
+    """A response whose status line and headers go out with the first piece of its body, in
+    one write, as aiohttp's ``web.Response`` does: one system call per small answer, not two.
+
+    Only for an upstream answer of a declared length, whose body is on its way with its
+    headers; a stream of events (no length) still gets its headers at once."""
+
+    _send_headers_immediately = False  # aiohttp's switch for exactly this; ignored if it goes
+
+
 async def relay(
     request: web.Request,
     exchange: Exchange,
@@ -32,7 +42,9 @@ async def relay(
     links: LinkRewriter,
 ) -> web.StreamResponse:
     """Send ``upstream``'s answer to the client of ``request``; the response, finished."""
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    length = _length(upstream)
+    kind = web.StreamResponse if length is None else _HeadersWithBody
+    response = kind(status=upstream.status, reason=upstream.reason)
     headers = hdr.response_headers(upstream.headers.items(), edits=route.edits)
     for name in LINK_HEADERS:
         if name in headers:
@@ -40,7 +52,7 @@ async def relay(
     response.headers.extend(headers)
     response.headers.setdefault(request_id.HEADER, exchange.request_id)
     if request.method == "HEAD" or upstream.status in _NO_BODY_STATUS:
-        if _length(upstream) is not None:  # what a GET would carry, as the upstream wrote it
+        if length is not None:  # what a GET would carry, as the upstream wrote it
             response.headers["Content-Length"] = upstream.headers["Content-Length"]
         await response.prepare(request)
         exchange.bytes_out = 0
@@ -48,7 +60,7 @@ async def relay(
         return response
     if route.edits.rewrite_links and is_json(upstream.headers.get("Content-Type", "")):
         return await _relay_json(request, exchange, upstream, response, route, client, links)
-    response.content_length = _length(upstream)
+    response.content_length = length
     await response.prepare(request)
     if await _stream(request, exchange, upstream, response):
         await response.write_eof()
