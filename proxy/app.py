@@ -80,6 +80,7 @@ def create_app(
         yield
         if sync is not None:
             sync.cancel()
+            metrics.sync()  # the last second's numbers, before this worker stops
         await runtime.session.close()
         await runtime.close()
 

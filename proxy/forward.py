@@ -85,6 +85,7 @@ class Forwarder:
                     body,
                     state.providers[route.identity],
                     state.upstream_proxies[route.name],
+                    state.headers[route.name],
                 )
                 async with upstream:
                     exchange.respond(upstream.status, upstream.reason, upstream.headers.items())
@@ -93,7 +94,15 @@ class Forwarder:
                     client = ClientView(
                         request.headers.get("Host") or f"127.0.0.1:{port}", resolved.listener, port
                     )
-                    return await relay(request, exchange, upstream, route, client, state.links)
+                    return await relay(
+                        request,
+                        exchange,
+                        upstream,
+                        route,
+                        client,
+                        state.links,
+                        state.headers[route.name],
+                    )
         finally:
             runtime.in_flight[route.name] -= 1
 

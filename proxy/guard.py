@@ -147,4 +147,3 @@ def _authorize(request: web.Request, client: AccessClient | None, state: State) 
     if client is not None:
         access.authorize(client, route, request.method)
     state.policies[route.name].check(request.method, request.raw_path, prefixed=prefixed)
-

@@ -1,10 +1,11 @@
-"""Header hygiene for both directions (RFC 9110 §7.6.1), as pure functions."""
+"""Header hygiene for both directions (RFC 9110 §7.6.1) and a route's header edits, prepared
+once per route (:class:`HeaderRules`, built by ``State.build``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from .config.route_options import RouteEdits
 
@@ -31,59 +32,51 @@ _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 REQUEST_ID = "x-ms-client-request-id"
 
 
-def _connection_named(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
+def connection_named(values: Iterable[str]) -> frozenset[str]:
     """The header names the Connection header lists (hop-by-hop too, RFC 9110 §7.6.1)."""
-    named: set[str] = set()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == "connection":
-            named.update(v.strip().lower() for v in value.split(",") if v.strip())
-    return frozenset(named) if named else _NOTHING
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
-_NOTHING: frozenset[str] = frozenset()
+def _kept(incoming: MultiMapping[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    if "Connection" in incoming:
+        drop = drop | connection_named(incoming.getall("Connection"))
+    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in drop])
 
 
-def request_headers(
-    incoming: Iterable[tuple[str, str]],
-    *,
-    token: str,
-    request_id: str,
-    content_length: str | None,
-    edits: RouteEdits | None = None,
-) -> CIMultiDict[str]:
-    """The headers to send upstream: cleaned, the route's edits applied, the token and request
-    id set (edits can never touch Authorization or Host: the config refuses them)."""
-    items = list(incoming)
-    drop = _REQUEST_DROP | _connection_named(items)
-    if edits is not None:
-        drop = drop | edits.remove_request_headers
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
-            out.add(name, value)
-    if edits is not None:
-        for name, value in edits.set_request_headers.items():
+class HeaderRules:
+    """What a route does to headers, both ways: hygiene, then its edits (which can never touch
+    Authorization or Host: the configuration refuses them)."""
+
+    __slots__ = ("_request_drop", "_request_set", "_response_drop", "_response_set")
+
+    def __init__(self, edits: RouteEdits | None = None) -> None:
+        edits = edits or RouteEdits()
+        self._request_drop = _REQUEST_DROP | edits.remove_request_headers
+        self._request_set = tuple(edits.set_request_headers.items())
+        self._response_drop = _RESPONSE_DROP | edits.remove_response_headers
+        self._response_set = tuple(edits.set_response_headers.items())
+
+    def request(
+        self,
+        incoming: MultiMapping[str],
+        *,
+        token: str,
+        request_id: str,
+        content_length: str | None,
+    ) -> CIMultiDict[str]:
+        """The headers to send upstream: cleaned, edited, the token and request id set."""
+        out = _kept(incoming, self._request_drop)
+        for name, value in self._request_set:
             out[name] = value
-    if content_length is not None:
-        out["Content-Length"] = content_length
-    out["Authorization"] = f"Bearer {token}"
-    out[REQUEST_ID] = request_id
-    return out
+        if content_length is not None:
+            out["Content-Length"] = content_length
+        out["Authorization"] = f"Bearer {token}"
+        out[REQUEST_ID] = request_id
+        return out
 
-
-def response_headers(
-    incoming: Iterable[tuple[str, str]], *, edits: RouteEdits | None = None
-) -> CIMultiDict[str]:
-    """The upstream's response headers that may reach the client, with the route's edits."""
-    items = list(incoming)
-    drop = _RESPONSE_DROP | _connection_named(items)
-    if edits is not None:
-        drop = drop | edits.remove_response_headers
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
-            out.add(name, value)
-    if edits is not None:
-        for name, value in edits.set_response_headers.items():
+    def response(self, incoming: MultiMapping[str]) -> CIMultiDict[str]:
+        """The upstream's response headers that may reach the client, edited."""
+        out = _kept(incoming, self._response_drop)
+        for name, value in self._response_set:
             out[name] = value
-    return out
+        return out

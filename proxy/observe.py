@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import io
 import logging
 import os
@@ -125,22 +127,27 @@ class _Clock:
         self._second = -1
         self._prefix = ""
 
-    def __call__(
-        self, _: Any, __: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
+    def stamp(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return "%s.%06dZ" % (self._prefix, (now - second) * 1_000_000)  # noqa: UP031  # faster
+
+    def __call__(
+        self, _: Any, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event["timestamp"] = self.stamp()
         return event
 
 
 class _Lines:
-    """A structlog logger that writes each rendered line (bytes) with one ``write`` on the
-    stream's file descriptor: no buffering layers, and lines from several workers never
-    interleave. A stream without a descriptor (a test's StringIO) gets the text."""
+    """Where rendered JSON lines go: the stream's file descriptor, written without Python's
+    buffering layers. On the event loop, the lines of one loop iteration are written together
+    after it (under load many requests end in one iteration); a write never exceeds PIPE_BUF,
+    so lines from several workers sharing a pipe never interleave. A stream without a
+    descriptor (a test's StringIO) gets each line as text at once."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -148,47 +155,109 @@ class _Lines:
             self._fd: int | None = stream.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
             self._fd = None
+        self._pending: list[bytes] = []
+        self._scheduled = False
 
     def msg(self, line: bytes) -> None:
         if self._fd is None:
             self._stream.write(line.decode() + "\n")
             return
-        data = memoryview(line + b"\n")
-        while data:
-            data = data[os.write(self._fd, data) :]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # start-up, shutdown, or another thread (MSAL's worker)
+            self._write(line + b"\n")
+            return
+        self._pending.append(line)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
 
     info = warning = error = debug = critical = exception = msg
 
+    def flush(self) -> None:
+        """Write what is waiting, in whole lines, at most PIPE_BUF bytes per write."""
+        self._scheduled = False
+        lines, self._pending = self._pending, []
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) + 1 > _PIPE_BUF:
+                self._write(b"\n".join(chunk) + b"\n")
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+        if chunk:
+            self._write(b"\n".join(chunk) + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            pass  # a closed or full stderr must not break the request being logged
+
+
+_PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
+
+
+class _LinesHandler(logging.Handler):
+    """Standard-library records (aiohttp, asyncio, msal), formatted by structlog, into the same
+    lines as every other event."""
+
+    def __init__(self, lines: _Lines) -> None:
+        super().__init__()
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.msg(self.format(record).encode())
+        except Exception:  # logging must never raise into the code that logs
+            self.handleError(record)
+
 
 class _Chain:
-    """The access events' logger: structlog processors run in order, then one write.
+    """The access events' writer: what structlog's processors would add (the context bound to
+    the request, the level, the timestamp), rendered by orjson, then one write.
 
-    The same processors and output as structlog's bound loggers, without their per-call
-    machinery: the access event is logged for every request, so each microsecond shows."""
+    Without structlog's per-call machinery, because the access event is logged for every
+    request. The caller passes values it produced itself or already redacted; the context's
+    values are redacted here."""
 
-    def __init__(self, processors: list[Any], out: _Lines, level: int) -> None:
-        self._processors = tuple(processors)
+    def __init__(self, out: _Lines, level: int) -> None:
         self._out = out
         self._info = level <= logging.INFO
+        self._clock = _Clock()
 
-    def info(self, event: str, **fields: Any) -> None:
+    def write(self, event: str, fields: dict[str, Any]) -> None:
         if not self._info:
             return
+        for key, value in structlog.contextvars.get_contextvars().items():
+            if value.__class__ is str and key not in _OWN_FIELDS:
+                value = redact(value, key)
+            fields.setdefault(key, value)
         fields["event"] = event
         fields["level"] = "info"
-        rendered: Any = fields
-        for processor in self._processors:
-            rendered = processor(None, "info", rendered)
-        self._out.msg(rendered)
+        fields["timestamp"] = self._clock.stamp()
+        self._out.msg(orjson.dumps(fields, default=_fallback, option=orjson.OPT_NON_STR_KEYS))
 
 
-_ACCESS: Any = None  # set by configure()
+def _fallback(value: Any) -> str:
+    return repr(value)
 
 
-def access_log() -> Any:
-    """The logger for the per-request access events: the same output as every other event,
-    through a short chain prepared by :func:`configure` (no exception formatting)."""
-    return _ACCESS if _ACCESS is not None else structlog.get_logger("proxy.access")
+_ACCESS: Any = None  # set by configure() for JSON output
+
+
+def access(event: str, fields: dict[str, Any]) -> None:
+    """Log one access event (``request``, ``request.rejected``): the same output as every
+    other event, by the shortest path :func:`configure` prepared. ``fields`` must hold only
+    values the proxy produced or passed through :func:`redact_text`; the dict is consumed."""
+    if _ACCESS is not None:
+        _ACCESS.write(event, fields)
+    else:
+        structlog.get_logger("proxy.access").info(event, **fields)
 
 
 class _QuietParserErrors(logging.Filter):
@@ -217,36 +286,43 @@ def configure(
     """Send structlog and stdlib logs to ``stream`` (stderr), JSON unless it is a terminal.
 
     ``cache=False`` lets a later call reconfigure loggers already used (tests do that)."""
+    global _ACCESS, _WRITER
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_dumps)
-        if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
+    if _WRITER is not None:
+        _WRITER.flush()  # what the previous configuration still holds
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _Clock(),
         _redact_event,
     ]
-    structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            _redact_exception,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+    handler: logging.Handler
+    if json:
+        lines = _WRITER = _Lines(stream)
+        renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
+        logger_factory: Any = lambda *_: lines  # noqa: E731  # structlog calls it per logger
+        handler = _LinesHandler(lines)
+        # The stdlib formatter must return text; the same line, decoded.
+        formatter_renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps)
+        _ACCESS = _Chain(lines, numeric)
+    else:
+        _WRITER = None
+        renderer = formatter_renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         # One write per line (not print's two): lines from several workers never interleave.
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory = structlog.WriteLoggerFactory(stream)
+        handler = logging.StreamHandler(stream)
+        _ACCESS = None
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, _redact_exception, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=cache,
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -254,7 +330,7 @@ def configure(
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 _redact_exception,
-                renderer,
+                formatter_renderer,
             ],
         )
     )
@@ -269,18 +345,13 @@ def configure(
         server_log.addFilter(_QUIET)
     # aiohttp's own access log is replaced by the proxy's "request" event.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    global _ACCESS
-    _ACCESS = (
-        _Chain(
-            [
-                structlog.contextvars.merge_contextvars,
-                _Clock(),
-                _redact_event,
-                structlog.processors.JSONRenderer(serializer=_dumps_bytes),
-            ],
-            _Lines(stream),
-            numeric,
-        )
-        if json
-        else structlog.get_logger("proxy.access")
-    )
+
+
+def flush() -> None:
+    """Write the log lines still waiting for the end of the event loop's iteration."""
+    if _WRITER is not None:
+        _WRITER.flush()
+
+
+_WRITER: _Lines | None = None
+atexit.register(flush)

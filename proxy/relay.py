@@ -11,11 +11,11 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import headers as hdr
 from . import request_id
 from .config import RouteConfig
 from .errors import UpstreamUnreachable
 from .exchange import Exchange
+from .headers import HeaderRules
 from .rewrite import LINK_HEADERS, REWRITE_HEADER, ClientView, LinkRewriter, is_json
 
 log = structlog.get_logger("proxy.access")
@@ -40,12 +40,13 @@ async def relay(
     route: RouteConfig,
     client: ClientView,
     links: LinkRewriter,
+    rules: HeaderRules,
 ) -> web.StreamResponse:
     """Send ``upstream``'s answer to the client of ``request``; the response, finished."""
     length = _length(upstream)
     kind = web.StreamResponse if length is None else _HeadersWithBody
     response = kind(status=upstream.status, reason=upstream.reason)
-    headers = hdr.response_headers(upstream.headers.items(), edits=route.edits)
+    headers = rules.response(upstream.headers)
     for name in LINK_HEADERS:
         if name in headers:
             headers[name] = links.rewrite(headers[name], client, route)

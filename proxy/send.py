@@ -12,10 +12,10 @@ import time
 import aiohttp
 from aiohttp import web
 
-from . import headers as hdr
 from .body import RequestBody
 from .errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
+from .headers import HeaderRules
 from .routing import Target
 from .tokens import Token, TokenProvider
 
@@ -28,15 +28,17 @@ async def send(
     body: RequestBody,
     provider: TokenProvider,
     proxy: str | None,
+    headers: HeaderRules,
 ) -> aiohttp.ClientResponse:
-    """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``."""
+    """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
+    with the route's token, ``headers`` rules and outbound ``proxy``."""
     scope = target.route.scope
     waited = time.perf_counter()
     token = await provider.token(scope)
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
     sent = time.perf_counter()
-    upstream = await _call(session, request, exchange, target, body, token, proxy)
+    upstream = await _call(session, request, exchange, target, body, token, proxy, headers)
     if upstream.status == 401 and body.replayable:
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
         # one, get a fresh one and try once more. Never twice.
@@ -44,7 +46,7 @@ async def send(
         provider.invalidate(token)
         token = await provider.token(scope)
         exchange.retried_401 = True
-        upstream = await _call(session, request, exchange, target, body, token, proxy)
+        upstream = await _call(session, request, exchange, target, body, token, proxy, headers)
     exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
     return upstream
 
@@ -57,14 +59,14 @@ async def _call(
     body: RequestBody,
     token: Token,
     proxy: str | None,
+    rules: HeaderRules,
 ) -> aiohttp.ClientResponse:
     route = target.route
-    headers = hdr.request_headers(
-        request.headers.items(),
+    headers = rules.request(
+        request.headers,
         token=token.value,
         request_id=exchange.request_id,
         content_length=body.content_length,
-        edits=route.edits,
     )
     exchange.upstream_url = target.url
     exchange.upstream_headers = headers.items()  # only redacting observers read these

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .browsers import allowed_hosts
 from .config import Config
+from .headers import HeaderRules
 from .identity import msal_provider
 from .limits import Limiter
 from .policy import Policy, policies
@@ -31,6 +32,7 @@ class State:
     links: LinkRewriter  # upstream URLs handed back -> the proxy's
     upstream_proxies: Mapping[str, str | None]  # route name -> outbound proxy, decided once
     allowed_hosts: frozenset[str]  # Host/Origin names accepted
+    headers: Mapping[str, HeaderRules]  # route name -> header hygiene and edits
 
     @classmethod
     def build(
@@ -54,6 +56,7 @@ class State:
             links=LinkRewriter(routes),
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),
+            headers={r.name: HeaderRules(r.edits) for r in routes},
         )
 
     def scopes(self) -> dict[str, list[str]]:

@@ -61,6 +61,15 @@ async def test_metrics_after_traffic(
     assert got[("ppproxy_request_bytes_total", (("route", "echo"),))] == 15
     assert got[("ppproxy_response_bytes_total", (("route", "echo"),))] > 0
     assert got[("ppproxy_request_duration_seconds_count", (("route", "echo"),))] == 3
+    buckets = [
+        value
+        for (name, labels), value in got.items()
+        if name == "ppproxy_request_duration_seconds_bucket" and ("route", "echo") in labels
+    ]
+    assert buckets == sorted(buckets)  # cumulative, in order of le
+    assert buckets[-1] == 3  # le="+Inf" holds every observation
+    assert got[("ppproxy_request_duration_seconds_bucket", (("le", "10.0"), ("route", "echo")))] == 3
+    assert 0 < got[("ppproxy_request_duration_seconds_sum", (("route", "echo"),))] < 3 * 5
     assert got[("ppproxy_upstream_duration_seconds_count", (("route", "echo"),))] == 3
     assert got[("ppproxy_requests_in_flight", (("route", "echo"),))] == 0
     assert got[("ppproxy_requests_queued", (("route", "echo"),))] == 0

@@ -43,6 +43,16 @@ async def test_two_workers_share_the_port_and_metrics_add_up(
         if sample.name == "ppproxy_requests_total" and sample.labels.get("route") == "echo"
     )
     assert counted == total  # whichever worker answered the scrape
+    durations = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("ppproxy_request_duration_seconds")
+        and sample.labels.get("route") == "echo"
+    }
+    assert durations[("ppproxy_request_duration_seconds_count", None)] == total
+    assert durations[("ppproxy_request_duration_seconds_bucket", "+Inf")] == total
+    assert 0 < durations[("ppproxy_request_duration_seconds_sum", None)] < total * 5
     token_requests = sum(
         sample.value
         for family in text_string_to_metric_families(text)
