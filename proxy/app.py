@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from yarl import URL
 
 from . import endpoints, tap
 from .accesslog import AccessLog
@@ -19,6 +21,11 @@ from .metrics import Metrics
 from .runtime import Runtime
 from .tokens import TokenProvider
 
+if TYPE_CHECKING:  # the type get_info must return, named only in aiohttp's annotations
+    from aiohttp.web_urldispatcher import _InfoDict
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 RUNTIME = web.AppKey("runtime", Runtime)
 TAP = web.AppKey("tap", tap.Tap)  # present only when [tap] is enabled
 
@@ -92,8 +99,43 @@ def create_app(
         app[TAP] = the_tap
         tap.install(app, the_tap)
     forwarder = Forwarder(runtime)
-    app.router.add_route("*", "/{tail:.*}", forwarder.handle, expect_handler=guard.expect)
+    app.router.register_resource(_EveryPath(forwarder.handle, guard.expect))
     return app
+
+
+class _EveryPath(web.AbstractResource):
+    """Every path and method not taken by a more specific route, to one handler: the
+    forwarder. aiohttp's ``/{tail:.*}`` would match a pattern and unquote the tail of every
+    request only for nobody to read it."""
+
+    def __init__(self, handler: Handler, expect: ExpectHandler) -> None:
+        super().__init__()
+        self._route = web.ResourceRoute(hdrs.METH_ANY, handler, self, expect_handler=expect)
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL.build(path="/")
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
+        return web.UrlMappingMatchInfo({}, self._route), set()
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the proxy's application is never mounted under a prefix")
+
+    def get_info(self) -> _InfoDict:
+        return {"path": "/"}
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter([self._route])
 
 
 async def _sync_metrics(metrics: Metrics) -> None:
