@@ -12,12 +12,12 @@ raises is a :class:`~proxy.errors.ProxyError`, answered here through ``errors.to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aiohttp import web
 
 from . import paths
 from .body import prepare as prepare_body
+from .config import RouteConfig
 from .errors import NoRoute, ProxyError, to_response
 from .exchange import KEY, Exchange
 from .relay import relay
@@ -66,45 +66,51 @@ class Forwarder:
         if route.edits.default_query:
             target = Target(route, add_default_query(target.url, route.edits.default_query))
         runtime = self._runtime
-        assert runtime.session is not None  # opened before the first request is accepted
         limiter = state.limiters.get(route.name)
         runtime.in_flight[route.name] += 1
         try:
-            async with limiter.slot() if limiter is not None else contextlib.nullcontext():
-                body = await prepare_body(
-                    request,
-                    replay_limit=state.config.outbound.replay_body_bytes,
-                    max_bytes=route.policy.max_body_bytes,
-                    capture=exchange.request_capture,
-                )
-                upstream = await send(
-                    runtime.session,
-                    request,
-                    exchange,
-                    target,
-                    body,
-                    state.providers[route.identity],
-                    state.upstream_proxies[route.name],
-                    state.headers[route.name],
-                )
-                async with upstream:
-                    exchange.respond(upstream.status, upstream.reason, upstream.headers.items())
-                    runtime.observers.response_started(exchange)
-                    port = state.config.server.port
-                    client = ClientView(
-                        request.headers.get("Host") or f"127.0.0.1:{port}", resolved.listener, port
-                    )
-                    return await relay(
-                        request,
-                        exchange,
-                        upstream,
-                        route,
-                        client,
-                        state.links,
-                        state.headers[route.name],
-                    )
+            if limiter is None:
+                return await self._upstream(request, exchange, state, target, resolved.listener)
+            async with limiter.slot():
+                return await self._upstream(request, exchange, state, target, resolved.listener)
         finally:
             runtime.in_flight[route.name] -= 1
+
+    async def _upstream(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        state: State,
+        target: Target,
+        listener: RouteConfig | None,
+    ) -> web.StreamResponse:
+        """Body, token and upstream call, then the relay of the answer."""
+        route = target.route
+        runtime = self._runtime
+        assert runtime.session is not None  # opened before the first request is accepted
+        body = await prepare_body(
+            request,
+            replay_limit=state.config.outbound.replay_body_bytes,
+            max_bytes=route.policy.max_body_bytes,
+            capture=exchange.request_capture,
+        )
+        rules = state.headers[route.name]
+        upstream = await send(
+            runtime.session,
+            request,
+            exchange,
+            target,
+            body,
+            state.providers[route.identity],
+            state.upstream_proxies[route.name],
+            rules,
+        )
+        async with upstream:
+            exchange.respond(upstream.status, upstream.reason, upstream.headers.items())
+            runtime.observers.response_started(exchange)
+            port = state.config.server.port
+            client = ClientView(request.headers.get("Host") or f"127.0.0.1:{port}", listener, port)
+            return await relay(request, exchange, upstream, route, client, state.links, rules)
 
     def _answer(self, exchange: Exchange, error: ProxyError) -> web.Response:
         """The proxy's own answer: a JSON error, recorded on the exchange like any response."""

@@ -3,6 +3,7 @@ once per route (:class:`HeaderRules`, built by ``State.build``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, MultiMapping
@@ -37,9 +38,14 @@ def connection_named(values: Iterable[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
+@functools.lru_cache(maxsize=256)  # "keep-alive" from every upstream answer, parsed once
+def _dropped_with(drop: frozenset[str], connection: tuple[str, ...]) -> frozenset[str]:
+    return drop | connection_named(connection)
+
+
 def _kept(incoming: MultiMapping[str], drop: frozenset[str]) -> CIMultiDict[str]:
     if "Connection" in incoming:
-        drop = drop | connection_named(incoming.getall("Connection"))
+        drop = _dropped_with(drop, tuple(incoming.getall("Connection")))
     return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in drop])
 
 

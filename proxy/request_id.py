@@ -11,15 +11,15 @@ HEADER = "x-ms-client-request-id"
 _SANE = re.compile(r"^[\x21-\x7e]{1,128}$")  # visible ASCII: safe in a log line and a header
 # GUID-shaped (x-ms-client-request-id is a GUID by convention): a random per-process prefix and
 # a counter, unique without asking the OS for randomness per request.
-_PREFIX = uuid.uuid4().hex[:16]
+_RANDOM = uuid.uuid4().hex
+_PREFIX = f"{_RANDOM[:8]}-{_RANDOM[8:12]}-{_RANDOM[12:16]}-"
 _COUNTER = itertools.count(1)
 
 
 def new() -> str:
     """A fresh request id, unique within this process and very likely across processes."""
-    n = next(_COUNTER)
-    p = _PREFIX
-    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{(n >> 48) & 0xFFFF:04x}-{n & 0xFFFFFFFFFFFF:012x}"
+    n = f"{next(_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"{_PREFIX}{n[:4]}-{n[4:]}"
 
 
 def of(headers: Mapping[str, str]) -> str:
