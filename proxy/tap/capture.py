@@ -1,9 +1,11 @@
-"""The redacted record a finished exchange becomes in the tap.
+"""What the tap keeps of a finished exchange, and the redacted record it shows.
 
 Bodies were copied (at most ``max_body_bytes`` each) into the exchange's captures while they
-streamed. The record is built once, at the end, and everything in it has been through
-:func:`proxy.observe.redact`: headers by name and shape, paths, bodies and error text by shape.
-The injected token is never kept: only a summary of its claims, decoded when it was issued.
+streamed. When the exchange ends the tap keeps it as it is (:class:`Captured`, the injected
+token taken out at once); the record is rendered only when someone looks (the page, HAR, the
+recording file), and everything in it has been through :func:`proxy.observe.redact`: headers
+by name and shape, paths, bodies and error text by shape. Of the token, only a summary of its
+claims is kept, decoded when it was issued.
 """
 
 from __future__ import annotations
@@ -83,19 +85,36 @@ def _looks_like_text(data: bytearray) -> bool:
     return not any(b < 9 or 13 < b < 32 for b in sample)
 
 
-def record(exchange: Exchange, record_id: int) -> Record:
-    """The redacted, JSON-ready record of a finished exchange."""
+class Captured:
+    """A finished exchange as the tap keeps it: numbered, stamped, never holding the token."""
+
+    __slots__ = ("exchange", "id", "started")
+
+    def __init__(self, record_id: int, exchange: Exchange) -> None:
+        self.id = record_id
+        self.exchange = exchange
+        # The wall clock when it started, read once here rather than on every request.
+        self.started = time.time() - exchange.duration_ms / 1000
+        upstream = exchange.upstream_headers
+        if upstream is not None:  # the injected token goes now, not when the record is shown
+            exchange.upstream_headers = [
+                (k, "Bearer [redacted]" if k.lower() == "authorization" else v) for k, v in upstream
+            ]
+        exchange.state = None  # keep no configuration version alive for the record's sake
+
+
+def record(captured: Captured) -> Record:
+    """The redacted, JSON-ready record of a captured exchange."""
+    exchange = captured.exchange
     client_headers = headers_of(exchange.client_headers.items()) or []
     upstream_headers = headers_of(exchange.upstream_headers)
     response_headers = headers_of(exchange.response_headers) or []
     request_headers = upstream_headers if upstream_headers is not None else client_headers
     upstream_url = exchange.upstream_url
-    # The wall clock when it started, read once here rather than on every request.
-    started = time.time() - exchange.duration_ms / 1000
     return {
-        "id": record_id,
-        "time": iso(started, millis=True),
-        "started": started,
+        "id": captured.id,
+        "time": iso(captured.started, millis=True),
+        "started": captured.started,
         "request_id": redact_text(exchange.request_id),
         "route": exchange.route,
         "method": exchange.method,
@@ -110,16 +129,8 @@ def record(exchange: Exchange, record_id: int) -> Record:
         "request_body": body_record(exchange.request_capture, request_headers),
         "response_body": body_record(exchange.response_capture, response_headers),
         "bytes_in": exchange.bytes_in,
-        "bytes_out": exchange.bytes_out
-        if exchange.bytes_out is not None
-        else exchange.response_capture.size
-        if exchange.response_capture is not None
-        else None,
-        "timings": {
-            "token_wait_ms": exchange.token_wait_ms,
-            "upstream_ttfb_ms": exchange.upstream_ms,
-            "total_ms": exchange.duration_ms,
-        },
+        "bytes_out": _bytes_out(exchange),
+        "timings": _timings(exchange),
         "token_source": exchange.token_source,
         "retried_401": exchange.retried_401,
         "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
@@ -127,10 +138,34 @@ def record(exchange: Exchange, record_id: int) -> Record:
     }
 
 
-def summary(rec: Record) -> Record:
-    """What the live list shows of a record (the detail is fetched on demand)."""
-    keys = ("id", "time", "route", "method", "target", "status", "error", "timings")
-    out = {k: rec[k] for k in keys}
-    out["bytes_out"] = rec["bytes_out"]
-    out["mime_type"] = rec["response_body"]["mime_type"]
-    return out
+def summary(captured: Captured) -> Record:
+    """What the live list shows of an exchange (the detail is rendered on demand)."""
+    exchange = captured.exchange
+    response_headers = headers_of(exchange.response_headers) or []
+    return {
+        "id": captured.id,
+        "time": iso(captured.started, millis=True),
+        "route": exchange.route,
+        "method": exchange.method,
+        "target": redact_text(exchange.target),
+        "status": exchange.status,
+        "error": exchange.error,
+        "timings": _timings(exchange),
+        "bytes_out": _bytes_out(exchange),
+        "mime_type": _header(response_headers, "Content-Type").split(";", 1)[0].strip(),
+    }
+
+
+def _timings(exchange: Exchange) -> Record:
+    return {
+        "token_wait_ms": exchange.token_wait_ms,
+        "upstream_ttfb_ms": exchange.upstream_ms,
+        "total_ms": exchange.duration_ms,
+    }
+
+
+def _bytes_out(exchange: Exchange) -> int | None:
+    if exchange.bytes_out is not None:
+        return exchange.bytes_out
+    capture = exchange.response_capture
+    return capture.size if capture is not None else None

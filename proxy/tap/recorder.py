@@ -1,22 +1,23 @@
 """``[tap] file``: every exchange appended as one JSON line, rotated at a size limit.
 
-Writes happen in a worker thread fed by one background task, so a slow disk never stalls the
-event loop. Rotation is the logrotate scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``,
-the oldest dropped. The file is created readable by its owner only: it holds traffic.
+Records are rendered (redacted, serialised) and written in a worker thread fed by one background
+task, so neither a slow disk nor the rendering stalls the event loop. Rotation is the logrotate
+scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``, the oldest dropped. The file is created readable by its owner only: it holds traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+import orjson
 import structlog
 
 from ..config.tap import TapConfig
+from .capture import Captured, record
 
 log = structlog.get_logger("proxy.tap")
 _BACKLOG = 10_000  # lines waiting for the disk before new ones are dropped (and counted)
@@ -28,7 +29,7 @@ class Recorder:
         self.path: Path = config.file
         self._max_bytes = config.file_max_bytes
         self._keep = config.file_keep
-        self._queue: asyncio.Queue[bytes | None] | None = None
+        self._queue: asyncio.Queue[Captured | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._file: IO[bytes] | None = None
         self._size = 0
@@ -40,12 +41,11 @@ class Recorder:
         self._task = asyncio.create_task(self._run(), name="tap-recorder")
         log.info("tap.recording", file=str(self.path))
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, captured: Captured) -> None:
         if self._queue is None:
             return
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         try:
-            self._queue.put_nowait(line)
+            self._queue.put_nowait(captured)
         except asyncio.QueueFull:
             self.dropped += 1
 
@@ -66,7 +66,7 @@ class Recorder:
             while not self._queue.empty() and lines[-1] is not None:
                 lines.append(self._queue.get_nowait())
             done = lines[-1] is None
-            batch = [line for line in lines if line is not None]
+            batch = [c for c in lines if c is not None]
             try:
                 await asyncio.to_thread(self._write, batch)
             except OSError as e:
@@ -80,8 +80,9 @@ class Recorder:
         self._file = os.fdopen(fd, "ab")
         self._size = self._file.tell()
 
-    def _write(self, lines: list[bytes]) -> None:
-        for line in lines:
+    def _write(self, batch: list[Captured]) -> None:
+        for captured in batch:
+            line = orjson.dumps(record(captured)) + b"\n"
             if self._size and self._size + len(line) > self._max_bytes:
                 self._rotate()
             assert self._file is not None

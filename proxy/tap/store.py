@@ -15,7 +15,7 @@ import structlog
 
 from ..config.tap import TapConfig
 from ..exchange import BodyCapture, Exchange, Observer
-from .capture import Record, record, summary
+from .capture import Captured, Record, record, summary
 from .recorder import Recorder
 
 log = structlog.get_logger("proxy.tap")
@@ -28,7 +28,7 @@ class Tap(Observer):
     def __init__(self, config: TapConfig) -> None:
         self.config = config
         self._cap = config.max_body_bytes
-        self._buffer: deque[Record] = deque(maxlen=config.keep)
+        self._buffer: deque[Captured] = deque(maxlen=config.keep)
         # Numbered as they finish, so the buffer's ids only grow and ?after=ID misses nothing.
         self._ids = itertools.count(1)
         self._subscribers: set[asyncio.Queue[Record | None]] = set()
@@ -43,31 +43,34 @@ class Tap(Observer):
             exchange.response_capture = BodyCapture(self._cap)
 
     def finished(self, exchange: Exchange) -> None:
-        """The exchange is over: redact it into a record, keep it, publish it, record it."""
+        """The exchange is over: keep it, publish its summary, queue it for the file. Nothing is
+        rendered or redacted here unless a page is watching live (see capture.Captured)."""
         if exchange.refused:
             return
-        rec = record(exchange, next(self._ids))
-        self._buffer.append(rec)
-        event = summary(rec)
-        for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                self._subscribers.discard(queue)  # cut off; the page reconnects and catches up
-                _end(queue)
+        captured = Captured(next(self._ids), exchange)
+        self._buffer.append(captured)
+        if self._subscribers:
+            event = summary(captured)
+            for queue in list(self._subscribers):
+                try:
+                    queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    self._subscribers.discard(queue)  # cut off; the page reconnects, catches up
+                    _end(queue)
         if self.recorder is not None:
-            self.recorder.submit(rec)
+            self.recorder.submit(captured)
 
     # -- what the endpoints read -----------------------------------------------------------
 
     def records(self) -> list[Record]:
-        return list(self._buffer)
+        return [record(c) for c in list(self._buffer)]
 
     def get(self, exchange_id: int) -> Record | None:
-        return next((r for r in self._buffer if r["id"] == exchange_id), None)
+        found = next((c for c in self._buffer if c.id == exchange_id), None)
+        return None if found is None else record(found)
 
     def summaries(self, after: int = 0) -> list[Record]:
-        return [summary(r) for r in self._buffer if r["id"] > after]
+        return [summary(c) for c in list(self._buffer) if c.id > after]
 
     def subscribe(self) -> asyncio.Queue[Record | None]:
         queue: asyncio.Queue[Record | None] = asyncio.Queue(_QUEUE_SIZE)
