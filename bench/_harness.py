@@ -370,6 +370,7 @@ def proxy_toml(
     workers: int = 1,
     prefetch: bool = True,
     tap: bool = False,
+    event_loop: str = "auto",
 ) -> str:
     """A ppproxy configuration; the client secret comes from ``${BENCH_CLIENT_SECRET}``."""
     lines = [
@@ -377,6 +378,7 @@ def proxy_toml(
         f'host = "{HOST}"',
         f"port = {port}",
         f"workers = {workers}",
+        f'event_loop = "{event_loop}"',
         "",
         "[outbound]",
         f"ca_file = {json.dumps(str(ca_file))}",

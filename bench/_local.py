@@ -34,6 +34,7 @@ class Local:
         workers: int = 1,
         prefetch: bool = True,
         tap: bool = False,
+        event_loop: str = "auto",
     ) -> Path:
         path = self.tmp / f"{name}.toml"
         path.write_text(
@@ -46,6 +47,7 @@ class Local:
                 workers=workers,
                 prefetch=prefetch,
                 tap=tap,
+                event_loop=event_loop,
             )
         )
         return path

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import ssl
 import sys
 import time
@@ -49,7 +50,22 @@ from _harness import (
     wait_port,
 )
 from _local import Local, local
-from _report import ColdStart, Legacy, Report, Row, write_chart, write_markdown
+from _report import (
+    DIRECT,
+    MINIMAL,
+    MINIMAL_UVLOOP,
+    NGINX,
+    TAP,
+    W1,
+    W1_UVLOOP,
+    W2,
+    ColdStart,
+    Legacy,
+    Report,
+    Row,
+    write_chart,
+    write_markdown,
+)
 
 SCOPE = "https://upstream.bench.invalid/.default"
 PACED_RATE = 200.0
@@ -104,10 +120,11 @@ class Bench:
         workers: int = 1,
         prefetch: bool = True,
         tap: bool = False,
+        event_loop: str = "auto",
     ) -> tuple[Proc, str, Path]:
         port = free_port()
         config = self.loc.proxy_config(
-            name, port, routes, workers=workers, prefetch=prefetch, tap=tap
+            name, port, routes, workers=workers, prefetch=prefetch, tap=tap, event_loop=event_loop
         )
         log = self.loc.tmp / f"{name}.log"
         proc = await start_ppproxy(self.loc.procs, name, config, port, log)
@@ -116,24 +133,38 @@ class Bench:
             self.configs[name] = config.read_text().replace(str(self.loc.tmp), "$TMP")
         return proc, f"http://{HOST}:{port}", log
 
+    async def minimal(self, token: str, *, uvloop: bool = False) -> tuple[Proc, str]:
+        port = free_port()
+        argv = [sys.executable, "bench/minimal_proxy.py", str(port), self.upstream]
+        argv += ["--uvloop"] if uvloop else []
+        name = "minimal-uvloop" if uvloop else "minimal"
+        proc = await self.loc.procs.start(
+            name, argv, log=self.loc.tmp / f"{name}.log", env=child_env(BENCH_TOKEN=token)
+        )
+        await wait_port(port, proc)
+        self.commands.append("BENCH_TOKEN=<token> " + _shown(proc.argv, self.loc))
+        return proc, f"http://{HOST}:{port}"
+
     async def throughput(self, report: Report) -> None:
-        """The five wrk rows, in interleaved rounds, then the paced 200 req/s runs."""
+        """The wrk rows, in interleaved rounds, then the paced 200 req/s runs. Each Python
+        proxy runs on asyncio's loop and, when uvloop is installed, on uvloop too."""
         tmp, procs = self.loc.tmp, self.loc.procs
         route = [Route("bench", "/", self.upstream, SCOPE)]
-        w1, w1_url, w1_log = await self.ppproxy("ppproxy-w1", route)
+        w1, w1_url, w1_log = await self.ppproxy("ppproxy-w1", route, event_loop="asyncio")
         w2, w2_url, w2_log = await self.ppproxy("ppproxy-w2", route, workers=2)
-        tapped, tapped_url, _ = await self.ppproxy("ppproxy-tap", route, tap=True)
-        token = await self.loc.token(SCOPE)
-        port = free_port()
-        minimal = await procs.start(
-            "minimal",
-            [sys.executable, "bench/minimal_proxy.py", str(port), self.upstream],
-            log=tmp / "minimal.log",
-            env=child_env(BENCH_TOKEN=token),
+        tapped, tapped_url, _ = await self.ppproxy(
+            "ppproxy-tap", route, tap=True, event_loop="asyncio"
         )
-        await wait_port(port, minimal)
-        minimal_url = f"http://{HOST}:{port}"
-        self.commands.append("BENCH_TOKEN=<token> " + _shown(minimal.argv, self.loc))
+        token = await self.loc.token(SCOPE)
+        minimal, minimal_url = await self.minimal(token)
+        uv_rows: list[tuple[str, str, Proc, str]] = []
+        if importlib.util.find_spec("uvloop") is not None:
+            uv, uv_url, _ = await self.ppproxy("ppproxy-uvloop", route, event_loop="uvloop")
+            uv_minimal, uv_minimal_url = await self.minimal(token, uvloop=True)
+            uv_rows = [
+                (W1_UVLOOP, uv_url, uv, "server.event_loop = uvloop"),
+                (MINIMAL_UVLOOP, uv_minimal_url, uv_minimal, "the same proxy on uvloop"),
+            ]
         port = free_port()
         workdir = tmp / "nginx-proxy"
         conf = nginx_proxy_conf(workdir, port, self.up_port, token)
@@ -145,12 +176,13 @@ class Bench:
         processes = {1: len(process_tree(w1.pid)), 2: len(process_tree(w2.pid))}
         report.processes = processes
         setups = [
-            ("direct (nginx return 200)", self.upstream, self.upstream_proc, "upstream's CPU"),
-            ("ppproxy, workers = 1", w1_url, w1, _processes_note(processes[1], 1)),
-            ("ppproxy, workers = 2", w2_url, w2, _processes_note(processes[2], 2)),
-            ("ppproxy, tap on", tapped_url, tapped, "[tap] enabled, default keep and caps"),
-            ("minimal aiohttp proxy (bench/minimal_proxy.py)", minimal_url, minimal, ""),
-            ("nginx proxy_pass + keepalive", nginx_url, nginx, "one nginx process"),
+            (DIRECT, self.upstream, self.upstream_proc, "upstream's CPU"),
+            (W1, w1_url, w1, _processes_note(processes[1], 1) + "; asyncio's loop"),
+            (W2, w2_url, w2, _processes_note(processes[2], 2) + "; server.event_loop = auto"),
+            (TAP, tapped_url, tapped, "[tap] enabled, default keep and caps; asyncio's loop"),
+            (MINIMAL, minimal_url, minimal, "asyncio's loop"),
+            *uv_rows,
+            (NGINX, nginx_url, nginx, "one nginx process"),
         ]
         path = "/bench/hello?x=1"
         runs: dict[str, list[WrkResult]] = {label: [] for label, *_ in setups}
@@ -161,7 +193,7 @@ class Bench:
         for label, _, _, note in setups:
             best = max(runs[label], key=lambda r: r.rps)
             report.rows.append(Row(label, best, note, runs[label]))
-        for name, log in (("ppproxy, workers = 1", w1_log), ("ppproxy, workers = 2", w2_log)):
+        for name, log in ((W1, w1_log), (W2, w2_log)):
             sent = sum(r.requests + r.warmup_requests for r in runs[name])
             report.logged[name] = (count_request_events(log), sent)
         report.wrk_commands = [f"{r.result.command}  # {r.label}" for r in report.rows]
@@ -169,7 +201,7 @@ class Bench:
         _step("  paced 200 req/s")
         paced_setups = (
             ("direct", self.upstream),
-            ("ppproxy, workers = 1", w1_url),
+            (W1, w1_url),
             ("minimal aiohttp proxy", minimal_url),
             ("nginx proxy_pass", nginx_url),
         )
@@ -180,7 +212,7 @@ class Bench:
         for label, results in paced.items():
             report.paced.append((label, min(results, key=lambda p: p.p99_ms)))
             report.paced_rounds[label] = [p.p99_ms for p in results]
-        for proc in (w1, w2, minimal, nginx):
+        for proc in (w1, w2, tapped, minimal, nginx, *(p for _, _, p, _ in uv_rows)):
             await procs.stop(proc)
 
     async def paced(self, url: str) -> Paced:

@@ -19,7 +19,7 @@ from .app import create_app
 from .config import Config, from_dict, load
 from .errors import ConfigError
 from .identity import msal_provider, warn_about_literal_secrets
-from .server import run
+from .server import run, run_until_stopped
 from .tokens import TokenError
 
 log = structlog.get_logger("proxy")
@@ -169,7 +169,10 @@ def serve(
                 message="this platform cannot share a port between processes; one process serves",
             )
         reloader = None if source is None else lambda: source.load(os.environ)
-        asyncio.run(run(create_app(config), config.server, on_ready, reload=reloader))
+        run_until_stopped(
+            run(create_app(config), config.server, on_ready, reload=reloader),
+            config.server.event_loop,
+        )
     except KeyboardInterrupt:  # Windows delivers Ctrl+C this way
         pass
     except OSError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -16,6 +16,26 @@ from .config import Config, ServerConfig
 from .errors import ConfigError
 
 log = structlog.get_logger("proxy")
+
+
+def run_until_stopped(main: Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
+    """Run ``main`` to the end on the event loop ``server.event_loop`` asks for: uvloop when
+    it is installed (``ppproxy[speed]``) unless ``asyncio`` is asked for."""
+    with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+        runner.run(main)
+
+
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory, or None for asyncio's own loop."""
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":  # the configuration checked it; it vanished since
+            raise
+        return None
+    return uvloop.new_event_loop
 
 
 async def run(
@@ -79,7 +99,8 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: boo
     reuse = reuse_port or None
     await web.TCPSite(runner, host, port, reuse_port=reuse).start()
     address = _address(runner.addresses[0])
-    log.info("server.listening", address=address)
+    loop = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]  # asyncio or uvloop
+    log.info("server.listening", address=address, event_loop=loop)
     for route in runner.app[RUNTIME].state.config.routes:
         if route.port is not None:  # the route's own listener: no prefix needed there
             await web.TCPSite(runner, host, route.port, reuse_port=reuse).start()

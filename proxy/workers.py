@@ -125,20 +125,19 @@ def _mark_dead(pid: int | None, metrics_dir: str) -> None:
 
 def _worker(config: Config, log_level: str, index: int, metrics_dir: str, source: Any) -> None:
     """One worker process: a whole proxy bound with SO_REUSEPORT."""
-    import asyncio
-
     from . import observe
     from .app import create_app
-    from .server import run
+    from .server import run, run_until_stopped
 
     observe.configure(log_level)
     structlog.contextvars.bind_contextvars(worker=index)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
+        run_until_stopped(
             run(
                 create_app(config, metrics_dir=metrics_dir),
                 config.server,
                 reuse_port=True,
                 reload=None if source is None else lambda: source.load(os.environ),
-            )
+            ),
+            config.server.event_loop,
         )

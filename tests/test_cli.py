@@ -64,6 +64,30 @@ async def test_serve_logs_address_and_stops_on_sigterm(
     assert "server.stopping" in rest.decode()
 
 
+@pytest.mark.parametrize(("event_loop", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+async def test_serve_runs_on_uvloop_when_installed(
+    tmp_path: Path,
+    idp: IdentityProvider,
+    echo: EchoUpstream,
+    ca_file: Path,
+    event_loop: str,
+    expected: str,
+) -> None:
+    """The test extra installs ppproxy[speed]: "auto" picks uvloop, "asyncio" opts out."""
+    served = await serve_echo(tmp_path, idp, echo, ca_file, event_loop=event_loop)
+    try:
+        assert f'"event_loop":"{expected}"' in served.started
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{served.base}/echo/hi") as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        served.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(served.proc.communicate(), 20)
+    assert served.proc.returncode == 0
+
+
 async def test_check_prints_table(idp: IdentityProvider, echo: EchoUpstream, ca_file: Path) -> None:
     routes = [
         {"name": "good", "prefix": "/good", "upstream": echo.url, "scope": "https://a/.default"},

@@ -255,3 +255,11 @@ def test_credential_files_relative_to_config_file(tmp_path: Path) -> None:
     )
     identity = config.load(tmp_path / "p.toml", {}).identities["a"]
     assert identity.client_secret_file == tmp_path / "secret.txt"
+
+
+def test_event_loop_must_be_known() -> None:
+    with pytest.raises(ConfigError, match=r"server\.event_loop: must be one of auto, asyncio"):
+        loads(
+            '[server]\nevent_loop = "trio"\n',
+            {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "s"},
+        )

@@ -68,7 +68,9 @@ async def test_metrics_after_traffic(
     ]
     assert buckets == sorted(buckets)  # cumulative, in order of le
     assert buckets[-1] == 3  # le="+Inf" holds every observation
-    assert got[("ppproxy_request_duration_seconds_bucket", (("le", "10.0"), ("route", "echo")))] == 3
+    assert (
+        got[("ppproxy_request_duration_seconds_bucket", (("le", "10.0"), ("route", "echo")))] == 3
+    )
     assert 0 < got[("ppproxy_request_duration_seconds_sum", (("route", "echo"),))] < 3 * 5
     assert got[("ppproxy_upstream_duration_seconds_count", (("route", "echo"),))] == 3
     assert got[("ppproxy_requests_in_flight", (("route", "echo"),))] == 0

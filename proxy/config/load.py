@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..errors import ConfigError
 from .access import parse_access
 from .identities import parse_identities
 from .model import Config, OutboundConfig, ServerConfig, TokensConfig
-from .parse import Problems, get, interpolate, only, table
+from .parse import Problems, get, interpolate, only, show, table
 from .route_options import str_list
 from .routes import parse_routes
 from .tap import parse_tap
@@ -68,7 +69,9 @@ _SERVER_KEYS = {
     "drain_delay",
     "shutdown_timeout",
     "workers",
+    "event_loop",
 }
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
@@ -91,8 +94,22 @@ def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
     workers = get(t, "workers", int, "server", p, d.workers)
     if workers < 1:
         p.add("server.workers", f"must be 1 or more, got {workers}")
+    event_loop = get(t, "event_loop", str, "server", p, d.event_loop)
+    if event_loop not in EVENT_LOOPS:
+        p.add(
+            "server.event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {show(event_loop)}"
+        )
+    elif event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        p.add("server.event_loop", "uvloop is not installed: pip install 'ppproxy[speed]'")
     return ServerConfig(
-        host, port, tuple(h.lower() for h in allowed), anonymous, drain, shutdown, workers
+        host,
+        port,
+        tuple(h.lower() for h in allowed),
+        anonymous,
+        drain,
+        shutdown,
+        workers,
+        event_loop,
     )
 
 

@@ -38,6 +38,7 @@ class ServerConfig:
     drain_delay: float = 0.0  # seconds between "not ready" and closing the listener
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     workers: int = 1
+    event_loop: str = "auto"  # "auto" (uvloop when installed), "asyncio" or "uvloop"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 Records are rendered (redacted, serialised) and written in a worker thread fed by one background
 task, so neither a slow disk nor the rendering stalls the event loop. Rotation is the logrotate
-scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``, the oldest dropped. The file is created readable by its owner only: it holds traffic.
+scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``, the oldest dropped. The file is created
+readable by its owner only: it holds traffic.
 """
 
 from __future__ import annotations
