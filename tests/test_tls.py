@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 import ipaddress
 import signal
 import ssl
@@ -22,12 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from proxy import cli, localca
+from proxy import ca_command, cli, localca
 from proxy.app import RUNTIME
 from proxy.config import ConfigError, from_dict
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
-from .conftest import StartProxy, config_dict
+from .conftest import StartProxy, config_dict, events
 from .processes import free_port, read_until, spawn, write_config
 from .upstreams import upstream
 
@@ -470,3 +471,37 @@ def test_ca_command_reads_only_the_state_dir(
     config.write_text('[server]\nstate_dir = "s"\n[identities.x]\nclient_secret = "${NOPE}"\n')
     assert cli.main(["ca", "--path", "--config", str(config)], {}) == 0
     assert capsys.readouterr().out == f"{tmp_path / 's' / 'tls' / 'ca.pem'}\n"
+
+
+@POSIX
+def test_a_literal_key_password_in_a_readable_file_gets_a_warning(
+    ca: LocalCA, tmp_path: Path, captured: io.StringIO
+) -> None:
+    cert, key = ca.write_server_files(tmp_path, password=b"k3y-pass")
+    path = tmp_path / "proxy.toml"
+    identity = '[identities.d]\ntenant_id = "t"\nclient_id = "c"\nclient_secret = "${S}"\n'
+    server = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    path.write_text(server + 'tls_key_password = "k3y-pass"\n' + identity)
+    path.chmod(0o644)
+    config = cli._load(path, {"S": "s"})
+    assert config.server.tls is not None
+    assert config.server.tls.literal_secrets == ("server.tls_key_password",)
+    [warning] = [e for e in events(captured) if e["event"] == "config.secrets_readable"]
+    assert "server.tls_key_password" in warning["message"]
+    assert "k3y-pass" not in captured.getvalue()
+    path.write_text(server + 'tls_key_password = "${P}"\n' + identity)
+    from_env = cli._load(path, {"S": "s", "P": "k3y-pass"})
+    assert from_env.server.tls is not None
+    assert from_env.server.tls.literal_secrets == ()
+
+
+def test_local_tls_on_a_non_loopback_address_warns(tmp_path: Path, captured: io.StringIO) -> None:
+    """Clients elsewhere would not accept a certificate for localhost: say so at start."""
+    raw = {
+        "server": {"host": "0.0.0.0", "tls": "local", "state_dir": str(tmp_path)},  # noqa: S104
+        "identities": {"d": {"tenant_id": "t", "client_id": "c", "client_secret": "s"}},
+    }
+    err = io.StringIO()
+    ca_command.prepare_serve(from_dict(raw, {}, base_dir=tmp_path), err)
+    assert "ppproxy ca --uninstall" in err.getvalue()  # a new CA: how to trust it, and undo it
+    assert "tls.local_not_for_remote" in [e["event"] for e in events(captured)]
