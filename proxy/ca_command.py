@@ -110,7 +110,7 @@ def trust_instructions(ca_cert: Path) -> str:
 ppproxy's local CA: {ca_cert}
 SHA-1 {localca.thumbprint(ca_cert)}. It can vouch only for localhost, 127.0.0.1 and ::1.
 
-Trust it once, on the machine where your tools run (each line needs an administrator):
+Trust it once, on the machine where your tools run (sudo: the system-wide stores):
 
   Debian, Ubuntu: sudo cp {p} /usr/local/share/ca-certificates/{FILE_NAME}.crt \\
                     && sudo update-ca-certificates
