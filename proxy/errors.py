@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from . import aadsts
+
 
 class ConfigError(Exception):
     """Configuration is invalid; ``problems`` lists every one as ``key.path: message``."""
@@ -137,6 +139,9 @@ class TokenUnavailable(ProxyError):
             body["entra_error_description"] = self.entra_description
         if self.entra_codes:
             body["entra_error_codes"] = list(self.entra_codes)
+        fix = aadsts.hint(self.entra_codes, self.entra_description or "")
+        if fix:
+            body["hint"] = fix
         return body
 
     def headers(self) -> dict[str, str]:

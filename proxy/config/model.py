@@ -103,6 +103,7 @@ class IdentityConfig:
     client_secret_file: Path | None = None  # first line, re-read for every token request
     certificate_path: Path | None = None  # PEM (key and certificate) or PFX/PKCS#12
     certificate_password: Secret | None = None
+    certificate_password_file: Path | None = None  # first line, re-read with the certificate
     send_certificate_chain: bool = False  # Subject Name/Issuer authentication (x5c)
     username: str | None = None
     password: Secret | None = None
