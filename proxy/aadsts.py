@@ -12,8 +12,7 @@ from collections.abc import Iterable
 
 _HINTS: dict[int, str] = {
     65001: (
-        "consent missing: app registration -> API permissions -> Grant admin consent "
-        "for the tenant"
+        "consent missing: app registration -> API permissions -> Grant admin consent for the tenant"
     ),
     7000218: (
         "a public client needs public client flows: app registration -> Authentication -> "

@@ -286,7 +286,7 @@ def configure(
     """Send structlog and stdlib logs to ``stream`` (stderr), JSON unless it is a terminal.
 
     ``cache=False`` lets a later call reconfigure loggers already used (tests do that)."""
-    global _ACCESS, _WRITER
+    global _ACCESS, _WRITER, _CONSOLE
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
@@ -303,6 +303,7 @@ def configure(
     ]
     handler: logging.Handler
     if json:
+        _CONSOLE = None
         lines = _WRITER = _Lines(stream)
         renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
         logger_factory: Any = lambda *_: lines  # noqa: E731  # structlog calls it per logger
@@ -312,6 +313,7 @@ def configure(
         _ACCESS = _Chain(lines, numeric)
     else:
         _WRITER = None
+        _CONSOLE = stream
         renderer = formatter_renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         # One write per line (not print's two): lines from several workers never interleave.
         logger_factory = structlog.WriteLoggerFactory(stream)
@@ -347,6 +349,17 @@ def configure(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def announce(event: str, text: str, **fields: Any) -> None:
+    """Say something a person starting the proxy must see: ``text`` as it is on a console,
+    one structured ``event`` with ``fields`` when logs are JSON (a machine reads them)."""
+    if _WRITER is None and _CONSOLE is not None:
+        _CONSOLE.write(text.rstrip("\n") + "\n")
+        _CONSOLE.flush()
+        return
+    level = fields.pop("level", "info")
+    getattr(structlog.get_logger("proxy"), level)(event, **fields)
+
+
 def flush() -> None:
     """Write the log lines still waiting for the end of the event loop's iteration."""
     if _WRITER is not None:
@@ -354,4 +367,5 @@ def flush() -> None:
 
 
 _WRITER: _Lines | None = None
+_CONSOLE: TextIO | None = None  # the stream of console (not JSON) output, once configured
 atexit.register(flush)

@@ -16,7 +16,8 @@ import pytest
 import structlog
 
 from proxy import cli
-from proxy.commands import DEVICE_CODE_CLIENT_ID, describe_token
+from proxy.commands.register_app import DEVICE_CODE_CLIENT_ID
+from proxy.commands.token import describe_token
 from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing.bap import AdminApplications
 
@@ -109,12 +110,15 @@ async def test_token_errors_exit_1_with_entra_s_error(
     config = write_config(tmp_path, ca_file, {"sp": secret_identity(idp)})
 
     code, out, err = await run(
-        capsys, "token", "--config", str(config), "--route", "bap", env={"PP_SECRET": "wrong"}
-    )
+        capsys, "token", "--config", str(config), "--route", "bap",
+        env={"PP_SECRET": "Wr0ng-S3cret-Value"},
+    )  # fmt: skip
 
     assert (code, out) == (1, "")
     assert "ppproxy token: invalid_client: AADSTS7000215" in err
-    assert "wrong" not in err.replace("wrong secret", "")
+    assert "\r" not in err and "Trace ID" not in err
+    assert "  fix: wrong client secret: app registration -> Certificates & secrets" in err
+    assert "Wr0ng-S3cret-Value" not in err
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ def _uncommented(prefix: str) -> str:
     lines = (ROOT / "proxy.example.toml").read_text().splitlines()
     out, on = [], False
     for line in lines:
-        on = line.startswith(prefix) or (on and line.startswith("# ") and not line[2:3] == " ")
+        on = line.startswith(prefix) or (on and line.startswith("# ") and line[2:3] != " ")
         out.append(line[2:] if on else line)
     return "\n".join(out) + "\n"
 
@@ -56,8 +56,10 @@ def test_example_dataverse_route_works_when_uncommented() -> None:
 
 def test_example_cloud_when_uncommented_moves_the_sign_in() -> None:
     """Nothing in the example pins the commercial Entra ID host against ``cloud``."""
-    text = (ROOT / "proxy.example.toml").read_text().replace(
-        '# cloud = "public"', 'cloud = "gcc-high"'
+    text = (
+        (ROOT / "proxy.example.toml")
+        .read_text()
+        .replace('# cloud = "public"', 'cloud = "gcc-high"')
     )
     cfg = loads(text, {"PP_TENANT_ID": "t", "PP_CLIENT_ID": "c", "PP_CLIENT_SECRET": "s"})
     assert cfg.identities["default"].authority_host == "https://login.microsoftonline.us"

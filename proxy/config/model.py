@@ -9,6 +9,7 @@ from pathlib import Path
 from yarl import URL
 
 from .. import presets
+from ..credential_files import read_first_line
 from .access import AccessConfig
 from .route_options import RouteEdits, RouteLimits, RoutePolicy
 from .tap import TapConfig
@@ -124,6 +125,15 @@ class IdentityConfig:
         if self.federated_token_file is not None:
             return "workload_identity"
         return "client_secret"
+
+    def read_certificate_password(self) -> str | None:
+        """The certificate's password: from ``certificate_password_file`` (read now, as the
+        certificate is) or ``certificate_password``; None when the key is not encrypted."""
+        if self.certificate_password_file is not None:
+            return read_first_line(self.certificate_password_file)
+        if self.certificate_password is not None:
+            return self.certificate_password.reveal()
+        return None
 
     @property
     def authority(self) -> str:

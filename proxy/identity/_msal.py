@@ -243,4 +243,3 @@ class MsalProvider:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-

@@ -22,12 +22,7 @@ class ConfidentialProvider(MsalProvider):
         identity = self._identity
         if identity.certificate_path is not None:
             data = identity.certificate_path.read_bytes()
-            if identity.certificate_password_file is not None:
-                password: str | None = read_first_line(identity.certificate_password_file)
-            elif identity.certificate_password is not None:
-                password = identity.certificate_password.reveal()
-            else:
-                password = None
+            password = identity.read_certificate_password()
             cert = load_certificate(identity.certificate_path, password)
             key = digest(data + (password or "").encode())  # a new password file: rebuilt too
             return key, cert.msal_credential(send_chain=identity.send_certificate_chain)
