@@ -67,8 +67,22 @@ class ProxyError(Exception):
 
 
 class NoRoute(ProxyError):
+    """No route takes the path; ``prefixes`` are those the client could use instead."""
+
     status = 404
     code = "no_route"
+
+    def __init__(self, message: str, *, prefixes: Sequence[str] = ()) -> None:
+        if prefixes:
+            message = f"{message}; routes: {', '.join(prefixes)}"
+        super().__init__(message)
+        self.prefixes = tuple(prefixes)
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.prefixes:
+            body["prefixes"] = list(self.prefixes)
+        return body
 
 
 class PayloadTooLarge(ProxyError):

@@ -83,7 +83,7 @@ def redact(value: Any, key: str = "") -> Any:
 # nothing a client or the identity provider wrote can be in them, so they skip the regexes.
 # (The request id and the method come from the client: they are still redacted.)
 _OWN_FIELDS = frozenset(
-    {"event", "level", "timestamp", "route", "error", "token_source", "access_client"}
+    {"event", "level", "timestamp", "route", "error", "token_source", "access_client", "peer"}
 )
 _PLAIN = (int, float, bool, type(None))
 _PLAIN_TYPES = frozenset(_PLAIN)

@@ -37,12 +37,16 @@ def describe(error: requests.RequestException, url: str | None = None) -> str:
         return f"TLS handshake with {host} failed: {_ssl_reason(chain)}; {CA_FILE_HINT}"
     if has(*_NOT_RESOLVED):
         return f"cannot resolve {host} (DNS): check the host name and the network"
-    if has(requests.exceptions.ConnectTimeout, u3.ConnectTimeoutError):
+    if has(ConnectionRefusedError):
+        return f"connection to {host} refused: nothing listens there"
+    # urllib3's NewConnectionError (any failed connect) is a ConnectTimeoutError subclass.
+    if has(requests.exceptions.ConnectTimeout) or any(
+        isinstance(e, u3.ConnectTimeoutError) and not isinstance(e, u3.NewConnectionError)
+        for e in chain
+    ):
         return f"connecting to {host} timed out (outbound.connect_timeout)"
     if has(requests.exceptions.ReadTimeout, u3.ReadTimeoutError, TimeoutError):
         return f"{host} did not answer in time (outbound.read_timeout)"
-    if has(ConnectionRefusedError):
-        return f"connection to {host} refused: nothing listens there"
     if has(requests.ConnectionError):
         return f"cannot connect to {host}: {_last_reason(chain)}"
     return f"request to {host} failed: {type(error).__name__}"

@@ -595,6 +595,16 @@ def test_environment_missing_certificate_tenant_is_named(tmp_path: Path) -> None
     ]
 
 
+def test_environment_username_without_password_asks_for_the_password() -> None:
+    """AZURE_USERNAME alone asks for AZURE_PASSWORD, not for a client secret."""
+    env = {"AZURE_CLIENT_ID": "c", "AZURE_USERNAME": "u"}
+    with pytest.raises(ConfigError) as info:
+        from_dict({}, env, base_dir=Path.cwd())
+    assert list(info.value.problems) == [
+        "identities: no [identities] table, and AZURE_PASSWORD not set"
+    ]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 def test_literal_secret_in_a_readable_file_gets_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "proxy.toml"

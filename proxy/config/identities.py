@@ -260,9 +260,11 @@ def _from_environment(env: Mapping[str, str], p: Problems) -> dict[str, Any] | N
         return bool(env.get(name))
 
     # A username without a password does not select the form (azure-identity skips it too).
-    usable = [f for f in _ENV_FORMS if has(f[0])]
-    usable = [f for f in usable if f[0] != "AZURE_USERNAME" or has("AZURE_PASSWORD")]
-    chosen = usable[0] if usable else _ENV_FORMS[0]
+    selected = [f for f in _ENV_FORMS if has(f[0])]
+    usable = [f for f in selected if f[0] != "AZURE_USERNAME" or has("AZURE_PASSWORD")]
+    # Nothing usable: report what the variables that are set still need (AZURE_USERNAME asks
+    # for AZURE_PASSWORD, not for a client secret); with none set, the client secret's.
+    chosen = (usable or selected or [_ENV_FORMS[0]])[0]
     selector, keys, tenant_vars = chosen
     required = [*tenant_vars, "AZURE_CLIENT_ID", selector]
     if selector == "AZURE_USERNAME":
