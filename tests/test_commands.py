@@ -116,7 +116,8 @@ async def test_token_errors_exit_1_with_entra_s_error(
 
     assert (code, out) == (1, "")
     assert "ppproxy token: invalid_client: AADSTS7000215" in err
-    assert "\r" not in err and "Trace ID" not in err
+    assert "\r" not in err
+    assert "Trace ID" not in err
     assert "  fix: wrong client secret: app registration -> Certificates & secrets" in err
     assert "Wr0ng-S3cret-Value" not in err
 
