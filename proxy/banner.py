@@ -6,11 +6,26 @@ at start with the portal step that fixes it. A table on a console, one structure
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import structlog
 
 from . import __version__, aadsts, paths
 from .columns import columns
 from .config import Config
-from .observe import announce
+from .observe import console
+
+
+def announce(event: str, text: str, **fields: Any) -> None:
+    """``text`` as it is on a console; one structured ``event`` with ``fields`` when logs are
+    JSON (a machine reads them)."""
+    stream = console()
+    if stream is not None:
+        stream.write(text.rstrip("\n") + "\n")
+        stream.flush()
+        return
+    level = fields.pop("level", "info")
+    getattr(structlog.get_logger("proxy"), level)(event, **fields)
 
 
 def _origin(address: str, port: int) -> str:

@@ -349,15 +349,9 @@ def configure(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def announce(event: str, text: str, **fields: Any) -> None:
-    """Say something a person starting the proxy must see: ``text`` as it is on a console,
-    one structured ``event`` with ``fields`` when logs are JSON (a machine reads them)."""
-    if _WRITER is None and _CONSOLE is not None:
-        _CONSOLE.write(text.rstrip("\n") + "\n")
-        _CONSOLE.flush()
-        return
-    level = fields.pop("level", "info")
-    getattr(structlog.get_logger("proxy"), level)(event, **fields)
+def console() -> TextIO | None:
+    """The stream of console output, or None when logs are JSON (or not configured)."""
+    return _CONSOLE if _WRITER is None else None
 
 
 def flush() -> None:
