@@ -69,11 +69,9 @@ async def _run(testing: Any, port: int, tap: bool, flow: str, folder: Path | Non
                 relay = testing.ConnectProxy(ports={443: idp_port})
                 await running.enter_async_context(relay)
             path = where / "proxy.toml"
-            path.write_text(
-                _config_text(flow, port, idp, credential, echo.url, relay.url if relay else None,
-                             tap),
-                encoding="utf-8",
-            )  # fmt: skip
+            relay_url = relay.url if relay is not None else None
+            text = _config_text(flow, port, idp, credential, echo.url, relay_url, tap)
+            path.write_text(text, encoding="utf-8")
             path.chmod(0o600)
             config = load(path, {})
 
@@ -147,9 +145,12 @@ def _instructions(
     flow: str, address: str, idp: Any, upstream: str, where: Path, files: list[str], tap: bool
 ) -> str:
     config = where / "proxy.toml"
-    listed = "\n".join(f"    {f}" for f in ["proxy.toml   the configuration this demo runs",
-                                               "demo-ca.pem  the local CA (outbound.ca_file)",
-                                               *files])  # fmt: skip
+    every = [
+        "proxy.toml   the configuration this demo runs",
+        "demo-ca.pem  the local CA (outbound.ca_file)",
+        *files,
+    ]
+    listed = "\n".join(f"    {f}" for f in every)
     watch = (
         f"Watch the exchange in the debugging tap: open {address}/_proxy/tap in a browser.\n"
         if tap

@@ -314,3 +314,33 @@ async def test_demo_flow_runs_and_its_files_work_with_check(tmp_path: Path, flow
         assert "client.crt" in text
     else:
         assert body["token_claims"]["upn"] == "demo.admin@contoso.test"
+
+
+async def test_keygen_prints_a_paste_ready_block(tmp_path: Path) -> None:
+    code, out, err = await run_in(tmp_path, "keygen", "--name", "ci-pipeline")
+    assert code == 0
+    block = out.split("\n\n", 1)[1]
+    assert block.startswith('[[access.clients]]\nname = "ci-pipeline"')
+    assert "not shown again" in err
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (65001, "Grant admin consent"),
+        (7000218, "Allow public client flows = Yes"),
+        (700027, "Certificates -> upload this certificate"),
+        (700024, "Federated credentials"),
+        (7000215, "New client secret"),
+        (700016, "client_id"),
+        (50126, "wrong username or password"),
+        (50076, "use a certificate or a client secret"),
+        (50079, "use a certificate or a client secret"),
+    ],
+)
+def test_every_common_aadsts_code_names_its_portal_step(code: int, words: str) -> None:
+    from proxy import aadsts
+
+    assert words in (aadsts.hint([code]) or "")
+    assert aadsts.hint(description=f"AADSTS{code}: something") == aadsts.hint([code])
+    assert aadsts.hint([90033]) is None
