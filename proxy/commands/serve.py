@@ -107,18 +107,33 @@ def port_in_use(config: Config) -> str | None:
     ports = [(config.server.port, "choose another with --port (or server.port)")]
     ports += [(r.port, f"change routes[{i}].port") for i, r in enumerate(config.routes) if r.port]
     for port, remedy in ports:
-        if port == 0:
-            continue
-        try:
-            socket.create_server((host, port)).close()  # SO_REUSEADDR on POSIX, as aiohttp
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
-                return (
-                    f"port {port} on {host} is already in use (another program, or another "
-                    f"ppproxy): {remedy}"
-                )
-            return f"cannot listen on {host}:{port}: {e.strerror or e}"
+        if port != 0 and _taken(host, port):
+            return (
+                f"port {port} on {host} is already in use (another program, or another "
+                f"ppproxy): {remedy}"
+            )
     return None
+
+
+def _taken(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because something listens there (every address
+    the host name resolves to, with SO_REUSEADDR on POSIX as aiohttp binds). Any other
+    problem is left to the real listener to report."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    in_use = (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1))
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno in in_use:
+                    return True
+    return False
 
 
 def serve(
