@@ -23,6 +23,7 @@ class AccessLog(Observer):
                     "request_id": redact_text(exchange.request_id),
                     "method": redact_text(exchange.method),
                     "path": redact_text(path),
+                    "peer": exchange.peer,
                     "status": exchange.status,
                     "error": exchange.error,
                 },
@@ -34,6 +35,7 @@ class AccessLog(Observer):
             "request_id": redact_text(exchange.request_id),
             "method": redact_text(exchange.method),
             "path": redact_text(exchange.path),
+            "peer": exchange.peer,
         }
         if exchange.route is not None:
             fields["route"] = exchange.route

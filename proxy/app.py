@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
-from . import endpoints, tap
+from . import endpoints, tap, trust
 from .accesslog import AccessLog
 from .config import Config
 from .exchange import Observer, Observers
@@ -34,9 +34,8 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 def client_ssl_context(config: Config) -> ssl.SSLContext:
-    """TLS for the upstreams: ``outbound.ca_file`` alone when set, else the system's trust."""
-    ca_file = config.outbound.ca_file
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    """TLS for the upstreams: the same trust as for the identity provider (proxy/trust.py)."""
+    return trust.client_context(config.outbound.ca_file)
 
 
 def build_session(config: Config) -> aiohttp.ClientSession:

@@ -7,6 +7,7 @@ messages name files and keys, never a secret's value.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import stat
@@ -60,6 +61,8 @@ class Certificate:
     private_key_pem: str = field(repr=False)
     sha1_thumbprint: str
     chain_pem: str
+    sha256_thumbprint: str = ""  # what the portal shows next to the SHA-1 one
+    not_after: dt.datetime | None = None  # the leaf's expiry (UTC)
 
     def msal_credential(self, *, send_chain: bool) -> dict[str, str]:
         """MSAL's ``client_credential``, as azure-identity's CertificateCredential builds it:
@@ -117,7 +120,8 @@ def load_certificate(path: Path, password: str | None) -> Certificate:
     chain = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in ordered)
     # x5t is the SHA-1 thumbprint by definition (RFC 7515 §4.1.7), not a security choice.
     thumbprint = leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
-    return Certificate(key_pem, thumbprint, chain)
+    sha256 = leaf.fingerprint(hashes.SHA256()).hex().upper()
+    return Certificate(key_pem, thumbprint, chain, sha256, leaf.not_valid_after_utc)
 
 
 _PEM_KEY = re.compile(

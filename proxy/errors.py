@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from . import aadsts
+
 
 class ConfigError(Exception):
     """Configuration is invalid; ``problems`` lists every one as ``key.path: message``."""
@@ -65,8 +67,22 @@ class ProxyError(Exception):
 
 
 class NoRoute(ProxyError):
+    """No route takes the path; ``prefixes`` are those the client could use instead."""
+
     status = 404
     code = "no_route"
+
+    def __init__(self, message: str, *, prefixes: Sequence[str] = ()) -> None:
+        if prefixes:
+            message = f"{message}; routes: {', '.join(prefixes)}"
+        super().__init__(message)
+        self.prefixes = tuple(prefixes)
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.prefixes:
+            body["prefixes"] = list(self.prefixes)
+        return body
 
 
 class PayloadTooLarge(ProxyError):
@@ -137,6 +153,9 @@ class TokenUnavailable(ProxyError):
             body["entra_error_description"] = self.entra_description
         if self.entra_codes:
             body["entra_error_codes"] = list(self.entra_codes)
+        fix = aadsts.hint(self.entra_codes, self.entra_description or "")
+        if fix:
+            body["hint"] = fix
         return body
 
     def headers(self) -> dict[str, str]:

@@ -68,6 +68,7 @@ class Exchange:
     target: str  # the raw path and query as received
     state: State | None = field(default=None, repr=False)  # the configuration serving it
     started: float = field(default_factory=time.perf_counter)
+    peer: str | None = None  # the client's address (IP), as the listener saw it
     client: str | None = None  # the [access] client's name
     refused: bool = False  # answered by the guard: never reached a route
     route: str | None = None
@@ -100,6 +101,7 @@ class Exchange:
             request.method,
             request.path,
             request.raw_path,
+            peer=request.remote,
         )
 
     def respond(self, status: int, reason: str | None, headers: Iterable[tuple[str, str]]) -> None:

@@ -15,7 +15,7 @@ import asyncio
 
 from aiohttp import web
 
-from . import paths
+from . import access, paths
 from .body import prepare as prepare_body
 from .config import RouteConfig
 from .errors import NoRoute, ProxyError, to_response
@@ -60,7 +60,7 @@ class Forwarder:
         resolved = state.resolver.resolve(request)  # the guard resolved it already
         target = resolved.target
         if target is None:
-            raise NoRoute("no route matches this path")
+            raise NoRoute("no route matches this path", prefixes=_prefixes(request, state))
         route = target.route
         exchange.route = route.name
         if route.edits.default_query:
@@ -121,3 +121,10 @@ class Forwarder:
             exchange.response_capture.add(response.body)
         self._runtime.observers.response_started(exchange)
         return response
+
+
+def _prefixes(request: web.Request, state: State) -> list[str]:
+    """The prefixes of the main listener's routes this client may use (a 404's help)."""
+    client = request.get(access.CLIENT)
+    allowed = None if client is None else client.routes
+    return sorted(r.prefix for r in state.config.routes if allowed is None or r.name in allowed)

@@ -83,7 +83,7 @@ def redact(value: Any, key: str = "") -> Any:
 # nothing a client or the identity provider wrote can be in them, so they skip the regexes.
 # (The request id and the method come from the client: they are still redacted.)
 _OWN_FIELDS = frozenset(
-    {"event", "level", "timestamp", "route", "error", "token_source", "access_client"}
+    {"event", "level", "timestamp", "route", "error", "token_source", "access_client", "peer"}
 )
 _PLAIN = (int, float, bool, type(None))
 _PLAIN_TYPES = frozenset(_PLAIN)
@@ -286,7 +286,7 @@ def configure(
     """Send structlog and stdlib logs to ``stream`` (stderr), JSON unless it is a terminal.
 
     ``cache=False`` lets a later call reconfigure loggers already used (tests do that)."""
-    global _ACCESS, _WRITER
+    global _ACCESS, _WRITER, _CONSOLE
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
@@ -303,6 +303,7 @@ def configure(
     ]
     handler: logging.Handler
     if json:
+        _CONSOLE = None
         lines = _WRITER = _Lines(stream)
         renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
         logger_factory: Any = lambda *_: lines  # noqa: E731  # structlog calls it per logger
@@ -312,6 +313,7 @@ def configure(
         _ACCESS = _Chain(lines, numeric)
     else:
         _WRITER = None
+        _CONSOLE = stream
         renderer = formatter_renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         # One write per line (not print's two): lines from several workers never interleave.
         logger_factory = structlog.WriteLoggerFactory(stream)
@@ -347,6 +349,11 @@ def configure(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def console() -> TextIO | None:
+    """The stream of console output, or None when logs are JSON (or not configured)."""
+    return _CONSOLE if _WRITER is None else None
+
+
 def flush() -> None:
     """Write the log lines still waiting for the end of the event loop's iteration."""
     if _WRITER is not None:
@@ -354,4 +361,5 @@ def flush() -> None:
 
 
 _WRITER: _Lines | None = None
+_CONSOLE: TextIO | None = None  # the stream of console (not JSON) output, once configured
 atexit.register(flush)

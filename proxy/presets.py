@@ -145,6 +145,26 @@ KNOWN_AUTHORITY_HOSTS = frozenset(
 )
 
 
+# Other names of a cloud's Entra ID host (the same service): accepted next to ``cloud``.
+AUTHORITY_ALIASES: dict[str, frozenset[str]] = {
+    "public": frozenset({"https://login.microsoft.com", "https://login.windows.net"}),
+    "china": frozenset({"https://login.partner.microsoftonline.cn"}),
+}
+
+
+def cloud_accepts(cloud: str, authority_host: str) -> bool:
+    """Whether ``authority_host`` (an origin) is ``cloud``'s Entra ID host or another name of it."""
+    host = authority_host.rstrip("/").lower()
+    return host == CLOUDS[cloud].authority_host or host in AUTHORITY_ALIASES.get(cloud, ())
+
+
+def resource_to_scope(resource: str) -> str:
+    """The ``.default`` scope for a v1 resource, as ``az account get-access-token --resource``
+    builds it: ``/.default`` appended, so ``https://service.powerapps.com/`` keeps its double
+    slash."""
+    return f"{resource}/.default"
+
+
 def preset_for(name: str, cloud: str = DEFAULT_CLOUD) -> Preset | None:
     """The preset ``name`` in ``cloud``; None for an unknown preset (or cloud)."""
     c = CLOUDS.get(cloud)

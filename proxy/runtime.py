@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 import structlog
 
+from . import banner
 from .config import Config
-from .errors import ProxyError
+from .errors import ProxyError, TokenUnavailable
 from .exchange import Observers
 from .metrics import Snapshot
 from .state import State
@@ -61,7 +62,7 @@ class Runtime:
             return
         for identity, scopes in state.scopes().items():
             for scope in scopes:
-                self.spawn(_warm(state.providers[identity], scope))
+                self.spawn(_warm(state.config, identity, state.providers[identity], scope))
 
     async def reload(self, new: Config) -> list[str]:
         """Serve ``new`` from now on: routes, identities, tokens settings, access and policies,
@@ -148,7 +149,25 @@ def fixed_settings_changed(old: Config, new: Config) -> list[str]:
     return changed
 
 
-async def _warm(provider: TokenProvider, scope: str) -> None:
-    # A failure is kept by the provider (readyz shows it) and retried on its own schedule.
-    with contextlib.suppress(TokenError, ProxyError):
-        await provider.token(scope)
+async def _warm(config: Config, identity: str, provider: TokenProvider, scope: str) -> None:
+    """Get the token now; when Entra ID (or the way to it) refuses, say so loudly once.
+
+    The failure is also kept by the provider (readyz shows it) and retried on its schedule;
+    waiting longer than ``tokens.wait_timeout`` is not a refusal, so it waits a while more."""
+    for _ in range(_PREFETCH_WAITS):
+        try:
+            await provider.token(scope)
+            return
+        except TokenUnavailable as e:
+            if e.entra_error is None:  # still waiting for an answer
+                continue
+            error, description, codes = e.entra_error, e.entra_description or "", e.entra_codes
+        except TokenError as e:  # a provider without the cache (given to create_app)
+            error, description, codes = e.error, e.description, e.codes
+        except ProxyError:
+            return
+        banner.token_unavailable(config, identity, scope, error, description, codes)
+        return
+
+
+_PREFETCH_WAITS = 6

@@ -18,6 +18,7 @@ from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
 from .tokens import Token, TokenProvider
+from .trust import CA_FILE_HINT
 
 
 async def send(
@@ -94,9 +95,9 @@ async def _call(
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout(f"{name}: the upstream did not answer in time") from None
-    except aiohttp.ClientConnectorCertificateError:
+    except aiohttp.ClientConnectorCertificateError as e:
         raise UpstreamUnreachable(
-            f"{name}: the upstream's TLS certificate is not trusted"
+            f"{name}: the TLS certificate of {e.host} is not trusted; {CA_FILE_HINT}"
         ) from None
     except aiohttp.ClientConnectorError as e:
         raise UpstreamUnreachable(

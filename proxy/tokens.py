@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from . import aadsts
 from .errors import TokenUnavailable
 
 log = structlog.get_logger("proxy.tokens")
@@ -53,11 +54,24 @@ class TokenError(Exception):
         *,
         retry_after: float | None = None,
     ) -> None:
+        # Entra's descriptions hold "\r\n" before "Trace ID:" and the like: one line, so no
+        # log line or message shows them escaped.
+        description = " ".join(description.split())
         super().__init__(f"{error}: {description}" if description else error)
         self.error = error
         self.description = description
         self.codes = tuple(codes)
         self.retry_after = retry_after  # the identity provider's Retry-After, in seconds
+
+    @property
+    def summary(self) -> str:
+        """The description without Entra's trace, correlation and time stamps."""
+        return self.description.split(" Trace ID:", 1)[0]
+
+    @property
+    def hint(self) -> str | None:
+        """The portal step that fixes this error, when its AADSTS code is a known one."""
+        return aadsts.hint(self.codes, self.description)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +246,7 @@ class CachingProvider:
                 scope=scope,
                 error=error.error,
                 description=error.description,
+                **({"hint": error.hint} if error.hint else {}),
             )
         entry.error = error
         entry.failures += 1

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from . import banner
 from .config import Config
 
 log = structlog.get_logger("proxy.workers")
@@ -75,6 +76,8 @@ def serve(config: Config, log_level: str, count: int, source: Any = None) -> int
         for index in range(count):
             start(index)
         log.info("workers.started", count=count, pids=[p.pid for p, _ in workers.values()])
+        host = config.server.host
+        banner.ready(config, f"http://{f'[{host}]' if ':' in host else host}:{config.server.port}")
         while not stopping:
             time.sleep(0.2)
             for index, (process, started) in list(workers.items()):

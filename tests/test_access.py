@@ -6,14 +6,15 @@ import base64
 import hashlib
 import io
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from proxy import cli
 from proxy.access import Presented, authenticate
+from proxy.commands.keygen import keygen
 from proxy.config import ConfigError, from_dict
 from proxy.config.access import AccessClient, AccessConfig
 from proxy.errors import Unauthenticated
@@ -130,20 +131,31 @@ def test_client_repr_hides_digest() -> None:
 
 def test_keygen_prints_key_and_its_sha256() -> None:
     out, err = io.StringIO(), io.StringIO()
-    assert cli.keygen(out, err) == 0
-    lines = dict(line.split(": ", 1) for line in out.getvalue().splitlines())
+    assert keygen(out, err) == 0
+    lines = dict(line.split(": ", 1) for line in out.getvalue().splitlines()[:2])
     assert lines["key_sha256"] == sha(lines["key"])
     assert len(lines["key"]) >= 40
     out2 = io.StringIO()
-    cli.keygen(out2, io.StringIO())
+    keygen(out2, io.StringIO())
     assert out2.getvalue() != out.getvalue()
     assert "[[access.clients]]" in err.getvalue()
 
 
+def test_keygen_prints_a_block_that_pastes_into_the_configuration() -> None:
+    """The printed [[access.clients]] block, pasted as it is, is a valid client."""
+    out = io.StringIO()
+    keygen(out, io.StringIO(), name="ci-pipeline")
+    block = out.getvalue().split("\n\n", 1)[1]
+    key = out.getvalue().splitlines()[0].removeprefix("key: ")
+    (client,) = load_access(tomllib.loads(block)["access"]).clients
+    assert client.name == "ci-pipeline"
+    assert client.key_sha256 == hashlib.sha256(key.encode()).digest()
+
+
 def test_keygen_output_loads_as_config() -> None:
     out = io.StringIO()
-    cli.keygen(out, io.StringIO())
-    digest = out.getvalue().split("key_sha256: ")[1].strip()
+    keygen(out, io.StringIO())
+    digest = out.getvalue().split("key_sha256: ")[1].split()[0]
     assert load_access({"clients": [{"name": "n", "key_sha256": digest}]}).enabled
 
 

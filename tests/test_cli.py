@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy import __version__, cli
+from proxy import __version__
+from proxy.commands.check import check
 from proxy.config import from_dict
 from proxy.testing import EchoUpstream, IdentityProvider
 
@@ -95,14 +96,14 @@ async def test_check_prints_table(idp: IdentityProvider, echo: EchoUpstream, ca_
     ]
     config = from_dict(config_dict(idp, ca_file, routes), {}, base_dir=Path.cwd())
     out = io.StringIO()
-    assert await cli.check(config, out) == 1
+    assert await check(config, out) == 1
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["ROUTE", "UPSTREAM", "SCOPE", "IDENTITY", "TOKEN"]
     assert "ok, expires in 3600 s" in lines[1]
     assert "ERROR invalid_scope" in lines[2]
     out = io.StringIO()
     config = from_dict(config_dict(idp, ca_file, routes[:1]), {}, base_dir=Path.cwd())
-    assert await cli.check(config, out) == 0
+    assert await check(config, out) == 0
 
 
 async def test_check_exit_status_from_process(
@@ -123,8 +124,8 @@ async def test_demo_shows_injected_token() -> None:
     port = free_port()
     proc = await spawn("demo", "--port", str(port))
     assert proc.stdout is not None
-    text = await read_until(proc.stdout, r"curl -s \S+")
-    url = re.search(r"curl -s (\S+)", text).group(1)  # type: ignore[union-attr]
+    text = await read_until(proc.stdout, r"curl -s '\S+'")
+    url = re.search(r"curl -s '(\S+)'", text).group(1)  # type: ignore[union-attr]
     try:
         curl = await asyncio.create_subprocess_exec(
             "curl", "-s", url, stdout=asyncio.subprocess.PIPE

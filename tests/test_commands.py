@@ -16,11 +16,13 @@ import pytest
 import structlog
 
 from proxy import cli
-from proxy.commands import DEVICE_CODE_CLIENT_ID, describe_token
+from proxy.commands.register_app import DEVICE_CODE_CLIENT_ID
+from proxy.commands.token import describe_token
 from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing.bap import AdminApplications
 
 from .conftest import CLIENT, SECRET, idp_on_443
+from .processes import spawn
 
 USER, PASSWORD = "admin@contoso.test", "admin-password"
 PUBLIC_CLIENT = "public-client"
@@ -109,12 +111,16 @@ async def test_token_errors_exit_1_with_entra_s_error(
     config = write_config(tmp_path, ca_file, {"sp": secret_identity(idp)})
 
     code, out, err = await run(
-        capsys, "token", "--config", str(config), "--route", "bap", env={"PP_SECRET": "wrong"}
-    )
+        capsys, "token", "--config", str(config), "--route", "bap",
+        env={"PP_SECRET": "Wr0ng-S3cret-Value"},
+    )  # fmt: skip
 
     assert (code, out) == (1, "")
     assert "ppproxy token: invalid_client: AADSTS7000215" in err
-    assert "wrong" not in err.replace("wrong secret", "")
+    assert "\r" not in err
+    assert "Trace ID" not in err
+    assert "  fix: wrong client secret: app registration -> Certificates & secrets" in err
+    assert "Wr0ng-S3cret-Value" not in err
 
 
 @pytest.mark.parametrize(
@@ -247,3 +253,74 @@ async def test_register_app_with_the_identity_s_username_and_password(
     [call] = bap.calls
     assert idp443.verify(call.token)["upn"] == USER
     assert PASSWORD not in out + err
+
+
+# -- the same commands as real processes --
+
+
+async def _process(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await spawn(*args, env={"PP_SECRET": SECRET, **(env or {})})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_token_output_raw_is_the_token_alone(
+    idp: IdentityProvider, ca_file: Path, tmp_path: Path
+) -> None:
+    """For `curl -H "Authorization: Bearer $(ppproxy token --route bap --output raw)"`."""
+    config = write_config(tmp_path, ca_file, {"sp": secret_identity(idp)})
+    code, out, err = await _process("token", "--config", str(config), "--route", "bap",
+                                    "--output", "raw")  # fmt: skip
+    assert code == 0, err
+    assert out.count("\n") == 1
+    assert idp.verify(out.strip())["appid"] == CLIENT
+
+
+async def test_token_resource_asks_for_the_resource_s_default_scope(
+    idp: IdentityProvider, ca_file: Path, tmp_path: Path
+) -> None:
+    """--resource as az has it: https://service.powerapps.com/ -> .../.default with the
+    double slash, so the token's audience is the resource."""
+    config = write_config(tmp_path, ca_file, {"sp": secret_identity(idp)})
+    code, out, err = await _process(
+        "token", "--config", str(config), "--resource", "https://service.powerapps.com/"
+    )
+    assert code == 0, err
+    assert idp.verify(json.loads(out)["accessToken"])["aud"] == "https://service.powerapps.com/"
+    assert [r.scope for r in idp.requests] == ["https://service.powerapps.com//.default"]
+
+
+@pytest.mark.parametrize("client_id", ["not a guid/../x", "11111111-2222-3333-4444-55555555555"])
+async def test_register_app_refuses_a_client_id_that_is_not_a_guid(
+    idp: IdentityProvider,
+    bap: AdminApplications,
+    ca_file: Path,
+    tmp_path: Path,
+    client_id: str,
+) -> None:
+    config = write_config(tmp_path, ca_file, {"sp": secret_identity(idp)})
+    code, _, err = await _process(
+        "register-app", "--config", str(config), "--client-id", client_id, "--bap-url", bap.url
+    )
+    assert code == 2
+    assert "--client-id must be an application (client) ID, a GUID" in err
+    assert bap.calls == []
+    assert idp.requests == []
+
+
+async def test_register_app_registers_the_identity_s_own_client_id_by_default(
+    ca: LocalCA, bap: AdminApplications, ca_file: Path, tmp_path: Path
+) -> None:
+    app_id = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    async with IdentityProvider(ca, clients={app_id: SECRET}) as idp:
+        idp.public_clients.add(DEVICE_CODE_CLIENT_ID)
+        idp.device_sign_in = USER
+        identity = {**secret_identity(idp), "client_id": app_id}
+        config = write_config(tmp_path, ca_file, {"sp": identity})
+        code, out, err = await _process(
+            "register-app", "--config", str(config), "--bap-url", bap.url
+        )
+    assert code == 0, err
+    assert f"registered {app_id}" in out
+    assert bap.applications == [app_id]

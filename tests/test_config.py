@@ -27,23 +27,47 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_example_file_loads() -> None:
-    """proxy.example.toml is a working configuration."""
-    env = {
-        "PP_TENANT_ID": "t",
-        "PP_CLIENT_ID": "c",
-        "PP_CLIENT_SECRET": "s",
-        "PP_DATAVERSE_HOST": "contoso.crm.dynamics.com",
-    }
+    """proxy.example.toml is a working configuration with only the identity's variables."""
+    env = {"PP_TENANT_ID": "t", "PP_CLIENT_ID": "c", "PP_CLIENT_SECRET": "s"}
     cfg = config.load(ROOT / "proxy.example.toml", env)
-    names = [r.name for r in cfg.routes]
-    assert names == ["powerapps", "bap", "flow", "powerplatform", "dataverse"]
+    assert [r.name for r in cfg.routes] == ["powerapps", "bap", "flow", "powerplatform"]
+    assert cfg.identities["default"].authority_host == "https://login.microsoftonline.com"
+
+
+def _uncommented(prefix: str) -> str:
+    """The example with the commented lines starting with ``prefix`` switched on."""
+    lines = (ROOT / "proxy.example.toml").read_text().splitlines()
+    out, on = [], False
+    for line in lines:
+        on = line.startswith(prefix) or (on and line.startswith("# ") and line[2:3] != " ")
+        out.append(line[2:] if on else line)
+    return "\n".join(out) + "\n"
+
+
+def test_example_dataverse_route_works_when_uncommented() -> None:
+    env = {"PP_TENANT_ID": "t", "PP_CLIENT_ID": "c", "PP_CLIENT_SECRET": "s",
+           "PP_DATAVERSE_HOST": "contoso.crm.dynamics.com"}  # fmt: skip
+    cfg = loads(_uncommented("# [[routes]]"), env)
     dataverse = cfg.routes[-1]
+    assert dataverse.name == "dataverse"
     # The origin: SDKs add /api/data/v9.2 themselves, and keep their own Prefer.
     assert dataverse.upstream == "https://contoso.crm.dynamics.com"
     assert dataverse.scope == "https://contoso.crm.dynamics.com/.default"
     assert dataverse.edits.default_request_headers == {"Prefer": "odata.maxpagesize=500"}
     assert not dataverse.edits.set_request_headers
     assert cfg.server.tls is None
+
+
+def test_example_cloud_when_uncommented_moves_the_sign_in() -> None:
+    """Nothing in the example pins the commercial Entra ID host against ``cloud``."""
+    text = (
+        (ROOT / "proxy.example.toml")
+        .read_text()
+        .replace('# cloud = "public"', 'cloud = "gcc-high"')
+    )
+    cfg = loads(text, {"PP_TENANT_ID": "t", "PP_CLIENT_ID": "c", "PP_CLIENT_SECRET": "s"})
+    assert cfg.identities["default"].authority_host == "https://login.microsoftonline.us"
+    assert cfg.routes[0].upstream == "https://high.api.powerapps.us"
 
 
 def test_defaults() -> None:

@@ -797,6 +797,12 @@ def test_unit_starts_the_proxy_with_the_config() -> None:
     assert "--host" not in argv
 
 
+def test_unit_reloads_with_sighup() -> None:
+    """docs/operations.md says `systemctl reload ppproxy`: the unit must define it as SIGHUP."""
+    (reload,) = unit()["Service"]["ExecReload"]
+    assert shlex.split(reload) == ["/bin/kill", "-HUP", "$MAINPID"]
+
+
 def test_unit_and_its_config_agree(tmp_path: Path) -> None:
     """The sample config loads, keeps the default port on loopback, and reads the secret from
     the credential the unit loads; the stop timeout covers drain and shutdown."""

@@ -254,6 +254,39 @@ async def test_no_route(
     assert echo.requests == []
 
 
+async def test_no_route_lists_the_prefixes_that_exist(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy(
+        [
+            {"name": "echo", "prefix": "/echo", "upstream": echo.url},
+            {"name": "bap", "prefix": "/bap", "upstream": echo.url},
+        ]
+    )
+    async with client.get(f"{proxy.url}/bpa/environments") as resp:
+        body = await resp.json()
+    assert body["prefixes"] == ["/bap", "/echo"]
+    assert body["message"] == "no route matches this path; routes: /bap, /echo"
+
+
+async def test_no_route_lists_only_the_routes_the_client_may_use(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """With [access], a client limited to some routes learns only their prefixes."""
+    key = "ppk_limited-client-key-0123456789abcdef"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    proxy = await start_proxy(
+        [
+            {"name": "echo", "prefix": "/echo", "upstream": echo.url},
+            {"name": "admin", "prefix": "/admin", "upstream": echo.url},
+        ],
+        access={"clients": [{"name": "ci", "key_sha256": digest, "routes": ["echo"]}]},
+    )
+    async with client.get(f"{proxy.url}/nope", headers={"X-Api-Key": key}) as resp:
+        body = await resp.json()
+    assert (resp.status, body["prefixes"]) == (404, ["/echo"])
+
+
 async def test_livez(start_proxy: StartProxy, client: aiohttp.ClientSession) -> None:
     proxy = await start_proxy()
     async with client.get(f"{proxy.url}/_proxy/livez") as resp:

@@ -105,6 +105,35 @@ async def test_certificate_gets_a_token(
     assert "client_secret" not in request.form
 
 
+async def test_certificate_password_file_unlocks_the_certificate(
+    idp: IdentityProvider, ca_file: Path, certificate: ClientCertificate, tmp_path: Path
+) -> None:
+    """The PFX's password read from a file (first line), as client_secret_file does."""
+    idp.certificates["cert-app"] = [certificate.cert_pem]
+    path = certificate.write_pfx(tmp_path / "client.pfx", "pfx-pass")
+    (tmp_path / "pfx-password").write_text("pfx-pass\n")
+    ident = identity(
+        idp, ca_file, client_id="cert-app", certificate_path=str(path),
+        certificate_password_file=str(tmp_path / "pfx-password"),
+    )  # fmt: skip
+
+    assert idp.verify(await token(ident, ca_file))["appid"] == "cert-app"
+
+
+def test_certificate_password_and_its_file_together_are_an_error(
+    certificate: ClientCertificate, tmp_path: Path
+) -> None:
+    path = certificate.write_pfx(tmp_path / "client.pfx", "pfx-pass")
+    (tmp_path / "pw").write_text("wrong\n")
+    problems = config_errors(
+        {"tenant_id": "t", "client_id": "c", "certificate_path": str(path),
+         "certificate_password": "pfx-pass", "certificate_password_file": str(tmp_path / "pw")}
+    )  # fmt: skip
+    assert "identities.x: give certificate_password or certificate_password_file, not both" in (
+        problems
+    )
+
+
 async def test_certificate_chain_is_sent_for_subject_name_issuer(
     idp: IdentityProvider, ca_file: Path, certificate: ClientCertificate, tmp_path: Path
 ) -> None:
@@ -553,6 +582,16 @@ def test_environment_missing_certificate_tenant_is_named(tmp_path: Path) -> None
         from_dict({}, env, base_dir=tmp_path)
     assert list(info.value.problems) == [
         "identities: no [identities] table, and AZURE_TENANT_ID not set"
+    ]
+
+
+def test_environment_username_without_password_asks_for_the_password() -> None:
+    """AZURE_USERNAME alone asks for AZURE_PASSWORD, not for a client secret."""
+    env = {"AZURE_CLIENT_ID": "c", "AZURE_USERNAME": "u"}
+    with pytest.raises(ConfigError) as info:
+        from_dict({}, env, base_dir=Path.cwd())
+    assert list(info.value.problems) == [
+        "identities: no [identities] table, and AZURE_PASSWORD not set"
     ]
 
 

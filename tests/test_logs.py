@@ -31,6 +31,7 @@ async def test_access_event_fields(
     assert first["request_id"] == request_id
     assert (first["bytes_in"], first["bytes_out"]) == (5, len(body))
     assert (first["token_source"], second["token_source"]) == ("entra", "cache")
+    assert first["peer"] == "127.0.0.1"  # the client's address
     for key in ("duration_ms", "upstream_ms", "token_wait_ms"):
         assert isinstance(first[key], float)
 
@@ -142,3 +143,27 @@ async def test_lines_of_one_loop_iteration_are_written_together_and_whole() -> N
         while len(received) < sum(lines.sizes):
             received += reader.read(65536) or b""
     assert received.splitlines() == sent
+
+
+async def test_token_events_name_the_identity(
+    captured: io.StringIO,
+    start_proxy: StartProxy,
+    idp: IdentityProvider,
+    client: aiohttp.ClientSession,
+) -> None:
+    """token.refreshed and token.failed say which identity, not only which scope; Entra's
+    description arrives on one line with the portal step that fixes it."""
+    proxy = await start_proxy()
+    async with client.get(f"{proxy.url}/echo/x") as resp:
+        assert resp.status == 200
+    idp.fail_with("invalid_client")
+    failing = await start_proxy()
+    async with client.get(f"{failing.url}/echo/x") as resp:
+        body = await resp.json()
+    logged = events(captured)
+    refreshed = next(e for e in logged if e["event"] == "token.refreshed")
+    failed = next(e for e in logged if e["event"] == "token.failed")
+    assert refreshed["identity"] == failed["identity"] == "default"
+    assert "\r" not in failed["description"]
+    assert failed["hint"].startswith("wrong client secret")
+    assert body["hint"] == failed["hint"]  # the 503 token_unavailable says it too

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import from_dict
+from proxy.config import ConfigError, from_dict
 
 EXPECTED = {
     "public": (
@@ -175,11 +175,39 @@ def test_each_route_follows_its_own_identity() -> None:
     ]
 
 
-def test_explicit_authority_host_wins_over_the_cloud() -> None:
+def test_cloud_and_a_disagreeing_authority_host_is_an_error_naming_both() -> None:
+    """cloud = "gcc-high" with the commercial host would send GCC High sign-ins there."""
+    raw = {
+        "identities": {
+            "x": identity("gcc-high", authority_host="https://login.microsoftonline.com")
+        }
+    }
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw, {}, base_dir=Path.cwd())
+    [problem] = e.value.problems
+    assert problem.startswith("identities.x.authority_host: 'https://login.microsoftonline.com'")
+    assert "cloud = 'gcc-high' (https://login.microsoftonline.us)" in problem
+
+
+@pytest.mark.parametrize(
+    ("cloud", "host"),
+    [
+        ("gcc-high", "https://login.microsoftonline.us/"),
+        ("gcc", "https://login.microsoftonline.com"),
+        ("china", "https://login.partner.microsoftonline.cn"),
+    ],
+)
+def test_cloud_and_its_own_authority_host_agree(cloud: str, host: str) -> None:
     config = from_dict(
-        {"identities": {"x": identity("dod", authority_host="https://login.example.test/")}},
-        {},
-        base_dir=Path.cwd(),
+        {"identities": {"x": identity(cloud, authority_host=host)}}, {}, base_dir=Path.cwd()
     )
+    assert config.identities["x"].authority_host == host.rstrip("/")
+
+
+def test_authority_host_alone_is_used_as_given() -> None:
+    """Without cloud, any https origin is the authority (a private or test authority)."""
+    raw = {"identities": {"x": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
+                                "authority_host": "https://login.example.test/"}}}  # fmt: skip
+    config = from_dict(raw, {}, base_dir=Path.cwd())
     assert config.identities["x"].authority_host == "https://login.example.test"
-    assert config.routes[0].upstream == "https://api.apps.appsplatform.us"
+    assert config.routes[0].upstream == "https://api.powerapps.com"

@@ -21,6 +21,7 @@ from aiohttp import web
 from proxy import cli
 from proxy.access import new_key
 from proxy.app import TAP, create_app
+from proxy.commands.serve import with_tap
 from proxy.config import from_dict
 from proxy.config.tap import TapConfig
 from proxy.errors import ConfigError
@@ -96,14 +97,14 @@ def test_cli_tap_flags(tmp_path: Path, idp_free_raw: dict[str, Any]) -> None:
     """``--tap`` turns the tap on; ``--tap-file`` records and implies ``--tap``."""
     config = from_dict(idp_free_raw, {}, base_dir=tmp_path)
     args = cli._parser().parse_args(["serve", "--tap-file", str(tmp_path / "t.jsonl")])
-    tapped = cli._with_tap(config, on=args.tap, file=args.tap_file)
+    tapped = with_tap(config, on=args.tap, file=args.tap_file)
     assert tapped.tap.enabled
     assert tapped.tap.file == (tmp_path / "t.jsonl").resolve()
     args = cli._parser().parse_args(["serve", "--tap"])
-    assert cli._with_tap(config, on=args.tap, file=args.tap_file).tap.enabled
-    assert cli._with_tap(config, on=False, file=None).tap.enabled is False
+    assert with_tap(config, on=args.tap, file=args.tap_file).tap.enabled
+    assert with_tap(config, on=False, file=None).tap.enabled is False
     with pytest.raises(ConfigError, match="--tap-file"):
-        cli._with_tap(config, on=False, file=tmp_path / "missing" / "t.jsonl")
+        with_tap(config, on=False, file=tmp_path / "missing" / "t.jsonl")
 
 
 @pytest.fixture
@@ -731,7 +732,7 @@ async def test_demo_tap_shows_the_curl_exchange(client: aiohttp.ClientSession) -
     try:
         text = await read_until(proc.stdout, r"Press Ctrl\+C")
         tap_url = re.search(r"open (\S+/_proxy/tap) in a browser", text).group(1)  # type: ignore[union-attr]
-        curl_url = re.search(r"curl -s (\S+)", text).group(1)  # type: ignore[union-attr]
+        curl_url = re.search(r"curl -s '(\S+)'", text).group(1)  # type: ignore[union-attr]
         curl = await asyncio.create_subprocess_exec(
             "curl", "-s", curl_url, stdout=asyncio.subprocess.PIPE
         )

@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from proxy import ca_command, cli, localca
+from proxy import cli, localca
 from proxy.app import RUNTIME
+from proxy.commands import ca as ca_command
+from proxy.commands.base import load_config
 from proxy.config import ConfigError, from_dict
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
@@ -483,14 +485,14 @@ def test_a_literal_key_password_in_a_readable_file_gets_a_warning(
     server = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
     path.write_text(server + 'tls_key_password = "k3y-pass"\n' + identity)
     path.chmod(0o644)
-    config = cli._load(path, {"S": "s"})
+    config = load_config(path, {"S": "s"})
     assert config.server.tls is not None
     assert config.server.tls.literal_secrets == ("server.tls_key_password",)
     [warning] = [e for e in events(captured) if e["event"] == "config.secrets_readable"]
     assert "server.tls_key_password" in warning["message"]
     assert "k3y-pass" not in captured.getvalue()
     path.write_text(server + 'tls_key_password = "${P}"\n' + identity)
-    from_env = cli._load(path, {"S": "s", "P": "k3y-pass"})
+    from_env = load_config(path, {"S": "s", "P": "k3y-pass"})
     assert from_env.server.tls is not None
     assert from_env.server.tls.literal_secrets == ()
 

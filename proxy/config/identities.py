@@ -14,7 +14,7 @@ from typing import Any
 from yarl import URL
 
 from .. import presets
-from ..credential_files import CredentialError, load_certificate
+from ..credential_files import CredentialError, load_certificate, read_first_line
 from .model import IdentityConfig, Secret
 from .parse import NAME, Problems, _FromEnv, get, only, show
 
@@ -27,6 +27,7 @@ _KEYS = {
     "client_secret_file",
     "certificate_path",
     "certificate_password",
+    "certificate_password_file",
     "send_certificate_chain",
     "username",
     "password",
@@ -35,7 +36,13 @@ _KEYS = {
     "federated_token_file",
 }
 _SECRETS = ("client_secret", "password", "certificate_password")
-_FILES = ("client_secret_file", "password_file", "federated_token_file", "certificate_path")
+_FILES = (
+    "client_secret_file",
+    "password_file",
+    "federated_token_file",
+    "certificate_path",
+    "certificate_password_file",
+)
 # A credential form and the keys that select it; the first key names the form in messages.
 _FORMS = {
     "client secret": ("client_secret", "client_secret_file"),
@@ -114,12 +121,20 @@ def _identity(
     url = URL(authority.rstrip("/"))
     if url.scheme != "https" or not url.host or url.path not in ("", "/") or url.query_string:
         p.add(f"{path}.authority_host", f"must be an https:// origin, got {show(authority)}")
+    elif "cloud" in t and "authority_host" in t and not presets.cloud_accepts(cloud, authority):
+        # Each key alone is fine; together they must agree, or sign-ins would go to the
+        # authority_host while the presets follow the cloud.
+        p.add(
+            f"{path}.authority_host",
+            f"{show(authority)} is not the Entra ID host of cloud = {cloud!r} "
+            f"({presets.CLOUDS[cloud].authority_host}): remove authority_host, or fix cloud",
+        )
     send_chain = get(t, "send_certificate_chain", bool, path, p, False)
     certificate = files["certificate_path"]
+    password_file = files["certificate_password_file"]
     if certificate is not None and certificate.is_file():
-        password = secrets["certificate_password"]
         try:
-            load_certificate(certificate, password.reveal() if password else None)
+            load_certificate(certificate, _certificate_password(secrets, password_file))
         except CredentialError as e:
             p.add(f"{path}.certificate_path", str(e))
     literal = () if from_env else tuple(
@@ -136,6 +151,7 @@ def _identity(
         client_secret_file=files["client_secret_file"],
         certificate_path=certificate,
         certificate_password=secrets["certificate_password"],
+        certificate_password_file=password_file,
         send_certificate_chain=send_chain,
         username=username,
         password=secrets["password"],
@@ -157,9 +173,18 @@ def _pairs(t: Mapping[str, Any], form: str, path: str, p: Problems) -> None:
             p.add(path, "give password or password_file, not both")
         elif "password" not in t and "password_file" not in t:
             p.add(f"{path}.password", "is required with username (or give password_file)")
-    for key in ("certificate_password", "send_certificate_chain"):
+    for key in ("certificate_password", "certificate_password_file", "send_certificate_chain"):
         if key in t and form != "certificate":
             p.add(f"{path}.{key}", "is only used with certificate_path")
+    if "certificate_password" in t and "certificate_password_file" in t:
+        p.add(path, "give certificate_password or certificate_password_file, not both")
+
+
+def _certificate_password(secrets: Mapping[str, Secret | None], file: Path | None) -> str | None:
+    if file is not None:
+        return read_first_line(file) if file.is_file() else None
+    password = secrets["certificate_password"]
+    return password.reveal() if password else None
 
 
 def _secret(t: Mapping[str, Any], key: str, path: str, p: Problems) -> Secret | None:
@@ -235,9 +260,11 @@ def _from_environment(env: Mapping[str, str], p: Problems) -> dict[str, Any] | N
         return bool(env.get(name))
 
     # A username without a password does not select the form (azure-identity skips it too).
-    usable = [f for f in _ENV_FORMS if has(f[0])]
-    usable = [f for f in usable if f[0] != "AZURE_USERNAME" or has("AZURE_PASSWORD")]
-    chosen = usable[0] if usable else _ENV_FORMS[0]
+    selected = [f for f in _ENV_FORMS if has(f[0])]
+    usable = [f for f in selected if f[0] != "AZURE_USERNAME" or has("AZURE_PASSWORD")]
+    # Nothing usable: report what the variables that are set still need (AZURE_USERNAME asks
+    # for AZURE_PASSWORD, not for a client secret); with none set, the client secret's.
+    chosen = (usable or selected or [_ENV_FORMS[0]])[0]
     selector, keys, tenant_vars = chosen
     required = [*tenant_vars, "AZURE_CLIENT_ID", selector]
     if selector == "AZURE_USERNAME":

@@ -127,6 +127,7 @@ class IdentityConfig:
     client_secret_file: Path | None = None  # first line, re-read for every token request
     certificate_path: Path | None = None  # PEM (key and certificate) or PFX/PKCS#12
     certificate_password: Secret | None = None
+    certificate_password_file: Path | None = None  # first line, re-read with the certificate
     send_certificate_chain: bool = False  # Subject Name/Issuer authentication (x5c)
     username: str | None = None
     password: Secret | None = None
@@ -147,6 +148,15 @@ class IdentityConfig:
         if self.federated_token_file is not None:
             return "workload_identity"
         return "client_secret"
+
+    def read_certificate_password(self) -> str | None:
+        """The certificate's password: from ``certificate_password_file`` (read now, as the
+        certificate is) or ``certificate_password``; None when the key is not encrypted."""
+        if self.certificate_password_file is not None:
+            return read_first_line(self.certificate_password_file)
+        if self.certificate_password is not None:
+            return self.certificate_password.reveal()
+        return None
 
     @property
     def authority(self) -> str:

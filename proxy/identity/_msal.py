@@ -21,31 +21,34 @@ from typing import Any
 import msal  # type: ignore[import-untyped]  # msal ships no type information
 import requests
 
-from .. import jwt_unverified
+from .. import jwt_unverified, reach
 from ..config import IdentityConfig, OutboundConfig
 from ..credential_files import CredentialError
 from ..tokens import ScopeStatus, Token, TokenError
+from ..trust import TrustAdapter, client_context
 
 
 class PinnedSession(requests.Session):
-    """A requests session that the environment cannot steer.
+    """A requests session that the environment cannot steer, for every call to Entra ID and
+    Power Platform made outside the forwarder (MSAL's, the device code flow's, BAP's).
 
     With ``trust_env`` on, requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace the
-    session's ``verify`` (so ``outbound.ca_file`` would not win), picks proxies per request and
-    sends ``~/.netrc`` credentials in place of the client's own. The proxy was decided once at
-    load (``outbound.proxy_for``); nothing else is read from the environment here.
+    session's trust (so ``outbound.ca_file`` would not win), picks proxies per request and
+    sends ``~/.netrc`` credentials in place of the client's own. TLS trust comes from
+    :mod:`proxy.trust`; the outbound proxy is the one decided at load for ``url``
+    (``outbound.proxy_for``), unless ``direct`` (a managed identity endpoint on this machine).
     """
 
     def __init__(
-        self, outbound: OutboundConfig, *, direct: bool = False, authority: str | None = None
+        self, outbound: OutboundConfig, url: str | None = None, *, direct: bool = False
     ) -> None:
         super().__init__()
         self.trust_env = False
-        if outbound.ca_file is not None:
-            self.verify = str(outbound.ca_file)
+        # The one trust decision (proxy/trust.py): outbound.ca_file, else the system's store.
+        self.mount("https://", TrustAdapter(client_context(outbound.ca_file)))
         # A managed identity endpoint is on this machine or link-local (169.254.169.254):
         # never through a proxy.
-        proxy = None if direct or authority is None else outbound.proxy_for(authority)
+        proxy = None if direct or url is None else outbound.proxy_for(url)
         if proxy is not None:
             self.proxies = {"http": proxy, "https": proxy}
         self._timeout = (outbound.connect_timeout, outbound.read_timeout)
@@ -154,9 +157,7 @@ class MsalProvider:
                 if self._session is not None:
                     self._session.close()
                 self._session = PinnedSession(
-                    self._outbound,
-                    direct=self._direct(),
-                    authority=self._identity.authority_host,
+                    self._outbound, self._identity.authority_host, direct=self._direct()
                 )
                 self._app, self._app_key = self._build(self._session, credential), key
             return self._app
@@ -183,8 +184,8 @@ class MsalProvider:
         except CredentialError as e:
             raise TokenError("invalid_credential", str(e)) from None
         except requests.RequestException as e:
-            # The exception text names the URL and the cause, never the form data.
-            raise TokenError("authority_unreachable", _describe(e)) from None
+            # Refused, DNS, TLS or timeout, with the host; never the exception (it holds the form).
+            raise TokenError("authority_unreachable", reach.describe(e)) from None
         except msal.exceptions.MsalServiceError as e:  # an HTTP error without Entra's JSON (5xx)
             raise TokenError(
                 "throttled" if outcome.status == 429 else "service_unavailable",
@@ -242,9 +243,3 @@ class MsalProvider:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _describe(e: requests.RequestException) -> str:
-    cause = e.__context__ or e
-    url = e.request.url if e.request is not None else ""
-    return f"{type(e).__name__} for {url}: {type(cause).__name__}".strip()

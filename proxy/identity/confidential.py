@@ -22,11 +22,10 @@ class ConfidentialProvider(MsalProvider):
         identity = self._identity
         if identity.certificate_path is not None:
             data = identity.certificate_path.read_bytes()
-            password = identity.certificate_password
-            cert = load_certificate(
-                identity.certificate_path, password.reveal() if password else None
-            )
-            return digest(data), cert.msal_credential(send_chain=identity.send_certificate_chain)
+            password = identity.read_certificate_password()
+            cert = load_certificate(identity.certificate_path, password)
+            key = digest(data + (password or "").encode())  # a new password file: rebuilt too
+            return key, cert.msal_credential(send_chain=identity.send_certificate_chain)
         if identity.federated_token_file is not None:
             token_file = identity.federated_token_file
             # MSAL calls this for every token request: the platform rotates the file.

@@ -13,6 +13,7 @@ All are real aiohttp servers bound to loopback only. Needs the ``testing`` extra
 from proxy.testing._assertions import Federation
 from proxy.testing.bap import AdminApplications
 from proxy.testing.ca import LocalCA
+from proxy.testing.connect import ConnectProxy
 from proxy.testing.credentials import ClientCertificate, WorkloadIssuer
 from proxy.testing.dataverse import DataverseUpstream
 from proxy.testing.echo import GZIP_BODY, EchoUpstream, Received, pattern, pattern_sha256
@@ -30,6 +31,7 @@ __all__ = [
     "GZIP_BODY",
     "AdminApplications",
     "ClientCertificate",
+    "ConnectProxy",
     "DataverseUpstream",
     "EchoUpstream",
     "Federation",

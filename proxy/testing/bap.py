@@ -8,6 +8,7 @@ Requests need a bearer token; its claims are recorded unverified (check them wit
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,11 +27,18 @@ class AdminCall:
 
 
 class AdminApplications(LocalServer):
-    """Plain HTTP on loopback; ``calls`` records every request, ``applications`` the
-    registered application IDs."""
+    """Plain HTTP on loopback (HTTPS with ``ssl_context``); ``calls`` records every request,
+    ``applications`` the registered application IDs."""
 
-    def __init__(self, *, tenant: str = "test-tenant", host: str = "127.0.0.1", port: int = 0):
-        super().__init__(host=host, port=port, ssl_context=None)
+    def __init__(
+        self,
+        *,
+        tenant: str = "test-tenant",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        super().__init__(host=host, port=port, ssl_context=ssl_context)
         self.tenant = tenant
         self.calls: list[AdminCall] = []
         self.applications: list[str] = []

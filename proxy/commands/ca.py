@@ -8,17 +8,19 @@ commands differ by system. It prints them instead.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
 import structlog
 
-from . import localca
-from .config import Config, ConfigError, load_state_dir
-from .config.server import LOCAL_TLS_FOLDER
-from .peers import is_loopback
-from .tls import prepare_local
+from .. import localca
+from ..config import Config, ConfigError, load_state_dir
+from ..config.server import LOCAL_TLS_FOLDER
+from ..peers import is_loopback
+from ..tls import prepare_local
+from .base import CONFIG_HELP, Command, config_path
 
 log = structlog.get_logger("proxy")
 
@@ -27,16 +29,11 @@ FILE_NAME = "ppproxy-local-ca"
 NICKNAME = "ppproxy local CA"
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], config_help: str) -> None:
-    """``ppproxy ca [--config PATH] [--path | --uninstall]``."""
-    ca = sub.add_parser(
-        "ca",
-        help='the local CA of tls = "local": where it is and how to trust it',
-        description='Make the local CA (once) that tls = "local" uses, and print how to trust '
-        "it on Linux, macOS and Windows.",
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help=CONFIG_HELP + "; only server.state_dir is read"
     )
-    ca.add_argument("--config", type=Path, help=config_help + "; only server.state_dir is read")
-    what = ca.add_mutually_exclusive_group()
+    what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--path", action="store_true", help="print only the CA certificate's path (for --cacert)"
     )
@@ -45,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], config_
         action="store_true",
         help="print how to remove the CA from the trust stores, then delete its files",
     )
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    return run(args, config_path(args.config), env, sys.stdout, sys.stderr)
 
 
 def run(
@@ -72,6 +73,22 @@ def run(
         return 0
     print(trust_instructions(outcome.ca_cert), file=out)
     return 0
+
+
+COMMAND = Command(
+    name="ca",
+    summary='the local CA of tls = "local": where it is and how to trust it',
+    description='Make the local CA (once) that tls = "local" uses, and print how to trust it on '
+    "Linux, macOS and Windows, or how to remove it again.",
+    examples=(
+        "ppproxy ca",
+        'curl --cacert "$(ppproxy ca --path)" https://localhost:8443/_proxy/livez',
+        "ppproxy ca --uninstall",
+    ),
+    arguments=_arguments,
+    run=_run,
+    logs=False,
+)
 
 
 def prepare_serve(config: Config, err: TextIO) -> None:

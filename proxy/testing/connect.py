@@ -1,0 +1,63 @@
+"""A small HTTP CONNECT proxy on 127.0.0.1 that records the tunnels it opens (an outbound
+proxy for tests), optionally sending a port elsewhere: ``ports={443: 8443}`` tunnels requests
+for 127.0.0.1:443 to 127.0.0.1:8443. It tunnels only to loopback, whatever is asked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+
+class ConnectProxy:
+    def __init__(self, *, ports: Mapping[int, int] | None = None) -> None:
+        self.tunnels: list[str] = []  # the CONNECT targets, as asked
+        self._ports = dict(ports or {})
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> ConnectProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            host, port = target.rsplit(":", 1)
+            if host not in ("127.0.0.1", "localhost"):  # loopback only, whatever is asked
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.tunnels.append(target)
+            up_reader, up_writer = await asyncio.open_connection(
+                host, self._ports.get(int(port), int(port))
+            )
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            writer.close()
