@@ -69,6 +69,7 @@ class Exchange:
     state: State | None = field(default=None, repr=False)  # the configuration serving it
     started: float = field(default_factory=time.perf_counter)
     client: str | None = None  # the [access] client's name
+    caller: str | None = None  # the signed-in member (UPN, else object id); never their token
     refused: bool = False  # answered by the guard: never reached a route
     route: str | None = None
     upstream_url: URL | None = None

@@ -31,6 +31,8 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "authorization", "cookie", "cont
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 REQUEST_ID = "x-ms-client-request-id"
+# Headers that pick whom Dataverse acts for (CallerObjectId, and the older MSCRMCallerID).
+_IMPERSONATION = frozenset({"callerobjectid", "mscrmcallerid"})
 
 
 def connection_named(values: Iterable[str]) -> frozenset[str]:
@@ -55,9 +57,11 @@ class HeaderRules:
 
     __slots__ = ("_request_drop", "_request_set", "_response_drop", "_response_set")
 
-    def __init__(self, edits: RouteEdits | None = None) -> None:
+    def __init__(self, edits: RouteEdits | None = None, *, names_member: bool = False) -> None:
         edits = edits or RouteEdits()
         self._request_drop = _REQUEST_DROP | edits.remove_request_headers
+        if names_member:  # only the proxy says whom Dataverse acts for on such a route
+            self._request_drop |= _IMPERSONATION
         self._request_set = tuple(edits.set_request_headers.items())
         self._response_drop = _RESPONSE_DROP | edits.remove_response_headers
         self._response_set = tuple(edits.set_response_headers.items())
@@ -69,13 +73,17 @@ class HeaderRules:
         token: str,
         request_id: str,
         content_length: str | None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> CIMultiDict[str]:
-        """The headers to send upstream: cleaned, edited, the token and request id set."""
+        """The headers to send upstream: cleaned, edited, the token, the token source's
+        ``extra`` headers (CallerObjectId) and the request id set."""
         out = _kept(incoming, self._request_drop)
         for name, value in self._request_set:
             out[name] = value
         if content_length is not None:
             out["Content-Length"] = content_length
+        for name, value in extra:
+            out[name] = value
         out["Authorization"] = f"Bearer {token}"
         out[REQUEST_ID] = request_id
         return out

@@ -1,4 +1,8 @@
-"""Sending a request upstream: the route's token, the call, and one retry after a 401.
+"""Sending a request upstream: the request's token, the call, and one retry after a 401.
+
+The token comes from the :class:`~proxy.acting.TokenSource` the forwarder picked for the route
+and the caller: the route's identity's own token, the same naming the member
+(``CallerObjectId``), or a token for the member by on-behalf-of.
 
 The only module that calls the upstream ``ClientSession``. aiohttp's client errors are turned
 into the proxy's own errors here, without ever printing them: their repr holds the request's
@@ -12,12 +16,13 @@ import time
 import aiohttp
 from aiohttp import web
 
+from .acting import TokenSource
 from .body import RequestBody
 from .errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
-from .tokens import Token, TokenProvider
+from .tokens import Token
 
 
 async def send(
@@ -26,27 +31,28 @@ async def send(
     exchange: Exchange,
     target: Target,
     body: RequestBody,
-    provider: TokenProvider,
+    source: TokenSource,
     proxy: str | None,
     headers: HeaderRules,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
-    with the route's token, ``headers`` rules and outbound ``proxy``."""
-    scope = target.route.scope
+    with the token from ``source``, ``headers`` rules and outbound ``proxy``."""
     waited = time.perf_counter()
-    token = await provider.token(scope)
+    token = await source.token()
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
     sent = time.perf_counter()
-    upstream = await _call(session, request, exchange, target, body, token, proxy, headers)
+    upstream = await _call(session, request, exchange, target, body, token, source, proxy, headers)
     if upstream.status == 401 and body.replayable:
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
         # one, get a fresh one and try once more. Never twice.
         upstream.release()
-        provider.invalidate(token)
-        token = await provider.token(scope)
+        source.invalidate(token)
+        token = await source.token()
         exchange.retried_401 = True
-        upstream = await _call(session, request, exchange, target, body, token, proxy, headers)
+        upstream = await _call(
+            session, request, exchange, target, body, token, source, proxy, headers
+        )
     exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
     return upstream
 
@@ -58,6 +64,7 @@ async def _call(
     target: Target,
     body: RequestBody,
     token: Token,
+    source: TokenSource,
     proxy: str | None,
     rules: HeaderRules,
 ) -> aiohttp.ClientResponse:
@@ -67,6 +74,7 @@ async def _call(
         token=token.value,
         request_id=exchange.request_id,
         content_length=body.content_length,
+        extra=source.headers,
     )
     exchange.upstream_url = target.url
     exchange.upstream_headers = headers.items()  # only redacting observers read these
