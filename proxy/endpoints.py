@@ -55,7 +55,11 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
         check: dict[str, Any] = {
             "identity": identity,
             "scope": scope,
-            "routes": [r.name for r in config.routes if (r.identity, r.scope) == (identity, scope)],
+            "routes": [
+                r.name
+                for r in config.routes
+                if (r.identity, r.scope) == (identity, scope) and r.act_as != "user"
+            ],
         }
         if isinstance(result, TokenUnavailable):
             check.update(ok=False, error=result.body())
