@@ -120,7 +120,8 @@ async def test_an_upstream_401_gets_the_member_a_new_token_once(
     assert status == 401
     assert len(idp.token_requests(grant_type=OBO_GRANT)) == 2
     sent = [v for r in echo.requests for k, v in r.headers if k.lower() == "authorization"]
-    assert len(sent) == 2 and sent[0] != sent[1]
+    assert len(sent) == 2
+    assert sent[0] != sent[1]
 
 
 async def test_missing_consent_is_403_with_entra_s_code_and_what_to_do(
@@ -136,7 +137,8 @@ async def test_missing_consent_is_403_with_entra_s_code_and_what_to_do(
         "invalid_grant",
     )
     assert body["entra_error_codes"] == [65001]
-    assert "AADSTS65001" in body["message"] and "Grant admin consent" in body["message"]
+    assert "AADSTS65001" in body["message"]
+    assert "Grant admin consent" in body["message"]
     assert echo.requests == []
 
 

@@ -110,7 +110,8 @@ async def test_keys_that_failed_are_tried_again_after_a_few_seconds(
         await keys.ready(session)
 
     assert keys.fetches == 2
-    assert keys.last_error is not None and "ClientConnectorError" in keys.last_error
+    assert keys.last_error is not None
+    assert "ClientConnectorError" in keys.last_error
 
 
 async def test_a_checked_token_costs_a_lookup_until_it_expires(
