@@ -14,7 +14,7 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
-from proxy.config import ConfigError, from_dict
+from proxy.config import ConfigError, from_dict, loads
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
 from .conftest import CLIENT, SECRET, Proxy, StartProxy, events
@@ -505,3 +505,15 @@ def test_member_grants_and_member_routes_need_entra() -> None:
 def test_entra_without_member_entries_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"access.entra: no .* entry has users, groups or roles"):
         load({"entra": {"tenant_id": TENANT, "audience": "api://x"}, "clients": []})
+
+
+def test_the_readme_s_sign_in_example_loads() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Team sign-in with Entra ID", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+    config = loads(example, {"PP_GATEWAY_SECRET": "s"})
+
+    assert [c.name for c in config.access.clients] == ["makers", "gateway-admins", "ci-pipeline"]
+    assert config.access.entra is not None
+    assert config.routes[0].act_as == "user"

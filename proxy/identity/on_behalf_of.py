@@ -29,9 +29,9 @@ MAX_MEMBERS = 10_000  # (member, scope) entries kept per identity
 
 CONSENT_HELP = (
     "An administrator grants it once: in the Azure portal, App registrations → the gateway "
-    "app → API permissions → Add a permission → the API this route calls (e.g. PowerApps "
-    "Service, Dynamics CRM) → Delegated permissions → user_impersonation → Add, then Grant "
-    "admin consent."
+    "app → API permissions → Add a permission → the API this route calls → its delegated "
+    "permission (PowerApps Service: User; Dynamics CRM: user_impersonation) → Add, then "
+    "Grant admin consent."
 )
 # Entra codes that mean the member must sign in again (MFA, conditional access, password
 # change, session revoked).
