@@ -134,9 +134,14 @@ def _signin(config: Config, previous: State | None) -> SignIn | None:
     if entra is None:
         return None
     old = previous.signin if previous is not None else None
-    if old is not None and old.entra == entra and old.outbound == config.outbound:
+    wait = config.tokens.wait_timeout
+    if old is not None and (old.entra, old.outbound, old.wait_timeout) == (
+        entra,
+        config.outbound,
+        wait,
+    ):
         return old
-    return SignIn(entra, config.outbound, wait_timeout=config.tokens.wait_timeout)
+    return SignIn(entra, config.outbound, wait_timeout=wait)
 
 
 def _same_identity(old: Config, new: Config, name: str) -> bool:

@@ -180,7 +180,8 @@ class TokenCache(Generic[K]):
         except Exception as e:  # any other failure must not kill the cache
             return self._failed(key, entry, TokenError("internal_error", type(e).__name__))
         finally:
-            entry.task = None
+            # The context may be a member's token: kept no longer than the request for it.
+            entry.task, entry.context = None, None
         entry.token, entry.cached = token, replace(token, source="cache")
         entry.error, entry.failures, entry.last_refresh = None, 0, time.time()
         entry.retry_at = 0.0

@@ -14,10 +14,11 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
+from proxy.app import RUNTIME
 from proxy.config import ConfigError, from_dict, loads
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
-from .conftest import CLIENT, SECRET, Proxy, StartProxy, events
+from .conftest import CLIENT, SECRET, Proxy, StartProxy, config_dict, events
 from .signin_helpers import (
     ADMIN_ROLE,
     ANN,
@@ -396,6 +397,24 @@ async def test_readyz_shows_the_signing_keys(
     assert {r for check in body["tokens"] for r in check["routes"]} == {
         "echo", "other", "dataverse",
     }  # fmt: skip
+
+
+async def test_a_reload_keeps_the_keys_and_applies_new_grants_at_once(
+    gateway: Proxy, idp: IdentityProvider, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    token = member(idp, groups=[READERS])
+    assert (await call(client, f"{gateway.url}/echo/x", bearer(token)))[0] == 200
+    readers_elsewhere = [{**CLIENTS[0], "routes": ["other"]}, *CLIENTS[1:]]
+    raw = config_dict(
+        idp, gateway.config.outbound.ca_file, routes(echo),
+        access={"entra": entra(idp), "clients": readers_elsewhere}, tap={"enabled": True},
+    )  # fmt: skip
+
+    assert await gateway.app[RUNTIME].reload(from_dict(raw, {}, base_dir=Path())) == []
+
+    assert (await call(client, f"{gateway.url}/echo/x", bearer(token)))[0] == 403
+    assert (await call(client, f"{gateway.url}/other/x", bearer(token)))[0] == 200
+    assert idp.jwks_requests == 1
 
 
 # -- configuration --

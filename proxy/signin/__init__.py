@@ -62,6 +62,7 @@ class SignIn:
     ) -> None:
         self.entra = entra
         self.outbound = outbound
+        self.wait_timeout = wait_timeout
         self.keys = keys or SigningKeys(entra, outbound, wait_timeout=wait_timeout)
         self._valid: LRUCache[bytes, Caller] = LRUCache(max_remembered)
 
