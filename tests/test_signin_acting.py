@@ -4,16 +4,20 @@ cached and refreshed, Entra's refusals; and Dataverse impersonation (CallerObjec
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from proxy import cli
+from proxy.config import from_dict
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
-from .conftest import CLIENT, SECRET, Proxy, StartProxy
+from .conftest import CLIENT, SECRET, Proxy, StartProxy, config_dict
 from .signin_helpers import ANN, BOB, CI_KEY, CLIENTS, GATEWAY_URI, OBO_GRANT, bearer, entra, routes
 
 
@@ -206,3 +210,18 @@ async def test_routes_that_do_not_name_the_member_leave_caller_headers_alone(
 
     assert status == 200
     assert ("CallerObjectId", "someone") in echo.requests[-1].headers
+
+
+async def test_check_gets_no_service_token_for_routes_that_act_as_the_member(
+    idp: IdentityProvider, echo: EchoUpstream, ca_file: Path
+) -> None:
+    members = [{"name": "m", "roles": ["R"]}]
+    raw = config_dict(
+        idp, ca_file, routes(echo)[2:3], access={"entra": entra(idp), "clients": members}
+    )
+    out = io.StringIO()
+
+    assert await cli.check(from_dict(raw, {}, base_dir=Path()), out) == 0
+
+    assert "per member (act_as = user)" in out.getvalue()
+    assert idp.requests == []
