@@ -1,5 +1,5 @@
-"""Who may use the proxy, and for what: client keys, client grants, and refusing to be
-reachable by anyone without them.
+"""Who may use the proxy, and for what: client keys, signed-in members' grants, client
+grants, and refusing to be reachable by anyone without them.
 
 Pure functions over prepared state; ``proxy.guard`` calls them from its middleware.
 """
@@ -18,8 +18,9 @@ from aiohttp import web
 
 from .config import Config, RouteConfig
 from .config.access import AccessClient, AccessConfig
-from .errors import Forbidden, Unauthenticated
+from .errors import Forbidden, NotGranted, Unauthenticated
 from .peers import is_loopback
+from .signin import Caller
 
 KEY_HEADER = "X-Api-Key"
 # The client the guard authenticated, on the request for the handlers that need it (the tap).
@@ -39,6 +40,7 @@ class Presented:
 
     key: str
     header: str
+    bearer: bool = False  # Authorization: Bearer (a member's token, when it is a JWT)
 
 
 def presented_key(headers: Mapping[str, str]) -> Presented | None:
@@ -52,7 +54,7 @@ def presented_key(headers: Mapping[str, str]) -> Presented | None:
     scheme, _, credentials = auth.strip().partition(" ")
     credentials = credentials.strip()
     if scheme.lower() == "bearer":  # RFC 6750 §2.1; the scheme is case-insensitive
-        return Presented(credentials, "Authorization")
+        return Presented(credentials, "Authorization", bearer=True)
     if scheme.lower() == "basic":  # RFC 7617 §2: base64(user-id ":" password)
         try:
             decoded = b64decode(credentials, validate=True).decode("utf-8")
@@ -65,19 +67,46 @@ def presented_key(headers: Mapping[str, str]) -> Presented | None:
 def authenticate(access: AccessConfig, presented: Presented | None) -> AccessClient:
     """The client whose key was presented; ``Unauthenticated`` otherwise."""
     if presented is None:
+        signin = " or an Entra ID access token as Authorization: Bearer" if access.entra else ""
         raise Unauthenticated(
             "this gateway needs a client key: send it as X-Api-Key, "
-            "Authorization: Bearer <key>, or as the Basic password"
+            f"Authorization: Bearer <key>, or as the Basic password{signin}"
         )
     digest = hashlib.sha256(presented.key.encode("utf-8", "surrogateescape")).digest()
     found = None
     # Compare with every client, in constant time, so timing tells nothing about the keys.
     for client in access.clients:
+        if client.key_sha256 is None:
+            continue
         if hmac.compare_digest(digest, client.key_sha256) and presented.key:
             found = client
     if found is None:
         raise Unauthenticated("the client key is not valid")
     return found
+
+
+def match_member(access: AccessConfig, caller: Caller) -> AccessClient:
+    """The first ``[[access.clients]]`` entry whose ``users``, ``groups`` or ``roles`` name the
+    signed-in member; ``NotGranted`` (403) when none does."""
+    upn = caller.upn.lower() if caller.upn is not None else None
+    for client in access.clients:
+        if (
+            caller.oid in client.users
+            or (upn is not None and upn in client.users)
+            or not client.groups.isdisjoint(caller.groups)
+            or not client.roles.isdisjoint(caller.roles)
+        ):
+            return client
+    hint = ""
+    if caller.groups_overage:
+        hint = (
+            " (the token lists no groups: the member is in too many for a token to carry, so "
+            "grant by app roles, which groups can be assigned to, instead)"
+        )
+    raise NotGranted(
+        f"signed in as {caller.name}, but no [[access.clients]] entry grants this member{hint}",
+        caller=caller.name,
+    )
 
 
 def authorize(client: AccessClient, route: RouteConfig, method: str) -> None:

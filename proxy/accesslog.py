@@ -2,7 +2,9 @@
 
 ``request`` for every request the forwarder handled (route, token source, timings, bytes,
 status, the error code if the proxy answered itself); ``request.rejected`` for requests the
-guard refused before any route was involved. Never the query string, never a header.
+guard refused before any route was involved. Both name the ``[access]`` client
+(``access_client``) and the signed-in member (``caller``) when known. Never the query string,
+never a header, never a token.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ class AccessLog(Observer):
     def finished(self, exchange: Exchange) -> None:
         if exchange.refused:
             path = exchange.target.split("?", 1)[0][:200]  # as received: it may be hostile
-            access(
-                "request.rejected",
-                {
-                    "request_id": redact_text(exchange.request_id),
-                    "method": redact_text(exchange.method),
-                    "path": redact_text(path),
-                    "peer": exchange.peer,
-                    "status": exchange.status,
-                    "error": exchange.error,
-                },
-            )
+            rejected: dict[str, Any] = {
+                "request_id": redact_text(exchange.request_id),
+                "method": redact_text(exchange.method),
+                "path": redact_text(path),
+                "peer": exchange.peer,
+                "status": exchange.status,
+                "error": exchange.error,
+            }
+            if exchange.client is not None:
+                rejected["access_client"] = exchange.client
+            if exchange.caller is not None:
+                rejected["caller"] = redact_text(exchange.caller)
+            access("request.rejected", rejected)
             return
         # The request id, the method and the path come from the client: redacted like any text
         # (a token pasted into a path must not reach the log). Everything else is the proxy's.
@@ -39,6 +43,8 @@ class AccessLog(Observer):
         }
         if exchange.route is not None:
             fields["route"] = exchange.route
+        if exchange.caller is not None:  # also bound to the context, for the other events
+            fields["caller"] = redact_text(exchange.caller)
         if exchange.token_source is not None:
             fields["token_source"] = exchange.token_source
             fields["token_wait_ms"] = exchange.token_wait_ms

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 from aiohttp import web
 
 from . import access, paths
-from .errors import TokenUnavailable
+from .errors import ProxyError, TokenUnavailable
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .runtime import Runtime
@@ -39,11 +40,13 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
     """200 when every route has a usable token or can get one now, else 503 with the reasons.
 
     Per (identity, scope): whether a token is usable, seconds until it expires, the last
-    refresh and the last error. 503 at once while the process drains for shutdown.
+    refresh and the last error (routes that act as the member need a token per member: not
+    checked here). With ``[access.entra]``, whether the tenant's signing keys are in hand. 503
+    at once while the process drains for shutdown.
     """
     state = runtime.state
     config, providers = state.config, state.providers
-    pairs = sorted({(r.identity, r.scope) for r in config.routes})
+    pairs = sorted({(r.identity, r.scope) for r in config.routes if r.act_as != "user"})
     results = await asyncio.gather(
         *(providers[identity].token(scope) for identity, scope in pairs), return_exceptions=True
     )
@@ -52,7 +55,11 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
         check: dict[str, Any] = {
             "identity": identity,
             "scope": scope,
-            "routes": [r.name for r in config.routes if (r.identity, r.scope) == (identity, scope)],
+            "routes": [
+                r.name
+                for r in config.routes
+                if (r.identity, r.scope) == (identity, scope) and r.act_as != "user"
+            ],
         }
         if isinstance(result, TokenUnavailable):
             check.update(ok=False, error=result.body())
@@ -69,12 +76,15 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
                 retry_in=None if status.retry_in is None else round(status.retry_in, 1),
             )
         checks.append(check)
+    signin = await _signin_check(runtime)
     draining = runtime.draining
-    ready = not draining and all(c["ok"] for c in checks)
+    ready = not draining and all(c["ok"] for c in checks) and (signin is None or signin["ok"])
     body: dict[str, Any] = {"status": "draining" if draining else "ready" if ready else "not_ready"}
     # On a gateway the details (identities, scopes, Entra errors) are for key holders only.
     if access.CLIENT in request or not config.access.enabled:
         body["tokens"] = checks
+        if signin is not None:
+            body["signin"] = signin
     warning = access.anonymous_warning(config)
     if warning is not None:
         body["warnings"] = [warning]
@@ -83,3 +93,21 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
         text=json.dumps(body),
         content_type="application/json",
     )
+
+
+async def _signin_check(runtime: Runtime) -> dict[str, Any] | None:
+    """Whether members can sign in: the tenant's signing keys fetched (fetched now if never)."""
+    signin = runtime.state.signin
+    if signin is None or runtime.session is None:
+        return None
+    with contextlib.suppress(ProxyError):  # the reason is in the status
+        await signin.keys.ready(runtime.session)
+    status = signin.status()
+    last = status["last_fetch"]
+    return {
+        "ok": signin.keys.loaded,
+        "tenant_id": signin.entra.tenant_id,
+        "keys": status["keys"],
+        "last_fetch": None if last is None else iso(last),
+        "last_error": status["last_error"],
+    }

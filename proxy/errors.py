@@ -12,8 +12,13 @@
     ├── UpstreamUnreachable      502 upstream_unreachable
     ├── UpstreamTimeout          504 upstream_timeout
     ├── UpstreamBusy             503 upstream_busy (the route's max_concurrency queue is full)
+    ├── SignInUnavailable        503 signin_unavailable: the tenant's signing keys cannot be had
     ├── Unauthenticated          401 unauthenticated (+ WWW-Authenticate): no or a wrong key
+    │   └── InvalidToken         401 invalid_token: a member's token that does not sign in
     ├── Forbidden                403 forbidden: the access client may not use this route or method
+    │   ├── NotGranted           403 forbidden: a signed-in member no [[access.clients]] matches
+    │   ├── OnBehalfOfRefused    403 on_behalf_of_refused: Entra refused a token for the member
+    │   │   └── ConsentRequired  403 consent_required: AADSTS65001, nobody consented
     │   ├── HostNotAllowed       403 host_not_allowed: Host not allowed (DNS rebinding)
     │   ├── CrossSiteRequest     403 cross_site_request: a browser page from another site
     │   └── PathNotAllowed       403 path_not_allowed: the route's allow_paths/deny_paths
@@ -174,9 +179,77 @@ class Unauthenticated(ProxyError):
         return {"WWW-Authenticate": 'Bearer realm="ppproxy", Basic realm="ppproxy"'}
 
 
+class InvalidToken(Unauthenticated):
+    """A member's Entra ID token that does not sign in: RFC 6750 §3.1 ``invalid_token``, with
+    the reason (never the token) as ``error_description``."""
+
+    code = "invalid_token"
+
+    def headers(self) -> dict[str, str]:
+        reason = self.message.replace("\\", "").replace('"', "'")
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="ppproxy", error="invalid_token", error_description="{reason}"'
+            )
+        }
+
+
+class SignInUnavailable(ProxyError):
+    """The tenant's OpenID metadata or signing keys could not be fetched: nobody can sign in
+    until they can (keys keep working)."""
+
+    status = 503
+    code = "signin_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class Forbidden(ProxyError):
     status = 403
     code = "forbidden"
+
+
+class NotGranted(Forbidden):
+    """A valid member's token that no ``[[access.clients]]`` entry matches; names the member for
+    the access log."""
+
+    def __init__(self, message: str, *, caller: str) -> None:
+        super().__init__(message)
+        self.caller = caller
+
+
+class OnBehalfOfRefused(Forbidden):
+    """Entra ID would not give the route's identity a token for the signed-in member; carries
+    Entra's error and what to do about it."""
+
+    code = "on_behalf_of_refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        entra_error: str,
+        entra_description: str = "",
+        entra_codes: Sequence[int] = (),
+    ) -> None:
+        super().__init__(message)
+        self.entra_error = entra_error
+        self.entra_description = entra_description
+        self.entra_codes = tuple(entra_codes)
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["entra_error"] = self.entra_error
+        if self.entra_description:
+            body["entra_error_description"] = self.entra_description
+        if self.entra_codes:
+            body["entra_error_codes"] = list(self.entra_codes)
+        return body
+
+
+class ConsentRequired(OnBehalfOfRefused):
+    code = "consent_required"
 
 
 class HostNotAllowed(Forbidden):

@@ -70,6 +70,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     peer: str | None = None  # the client's address (IP), as the listener saw it
     client: str | None = None  # the [access] client's name
+    caller: str | None = None  # the signed-in member (UPN, else object id); never their token
     refused: bool = False  # answered by the guard: never reached a route
     route: str | None = None
     upstream_url: URL | None = None

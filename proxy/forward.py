@@ -2,7 +2,7 @@
 
 ::
 
-    resolve (routing) -> admit (limits) -> body (body) -> token + send (send) -> relay (relay)
+    resolve (routing) -> admit (limits) -> body (body) -> token (acting) + send (send) -> relay
 
 Each stage fills its own fields of the request's :class:`~proxy.exchange.Exchange`; the
 observers read it when the response starts and when the exchange is over. Every error a stage
@@ -15,7 +15,7 @@ import asyncio
 
 from aiohttp import web
 
-from . import access, paths
+from . import access, acting, paths
 from .body import prepare as prepare_body
 from .config import RouteConfig
 from .errors import NoRoute, ProxyError, to_response
@@ -25,6 +25,7 @@ from .rewrite import add_default_query
 from .routing import Target
 from .runtime import Runtime
 from .send import send
+from .signin import SIGNED_IN
 from .state import State
 
 
@@ -101,7 +102,7 @@ class Forwarder:
             exchange,
             target,
             body,
-            state.providers[route.identity],
+            acting.token_source(route, state, request.get(SIGNED_IN)),
             state.upstream_proxies[route.name],
             rules,
             trusted_proxy=state.addresses.forwarding(request).trusted,

@@ -1,7 +1,8 @@
 """The guard: the one middleware that decides whether a request may go any further.
 
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
-(403) -> the [access] client key (401) -> the client's grants (403) -> the route's policy
+(403) -> the [access] client key, or a member's Entra ID token (401) and the entry it matches
+(403) -> the client's grants and whether the route needs a member (403) -> the route's policy
 (405/403) -> the handler. A refused request is answered here, recorded as a refused
 :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
 function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``); this module
@@ -16,14 +17,15 @@ import structlog
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from . import access, paths
+from . import access, acting, paths
 from .browsers import check_browser
 from .config.access import AccessClient
-from .errors import ExpectationFailed, PayloadTooLarge, ProxyError, to_response
+from .errors import ExpectationFailed, NotGranted, PayloadTooLarge, ProxyError, to_response
 from .exchange import KEY, Exchange
 from .hygiene import check_request
 from .peers import peer_is_loopback
 from .runtime import Runtime
+from .signin import SIGNED_IN, SignedIn, looks_like_jwt
 from .state import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,13 +41,17 @@ class Guard:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         state = self._runtime.state
         try:
-            client, request = _admit(request, state)
+            client, request = await self._admit(request, state)
         except ProxyError as e:
             return self._refuse(request, e, None)
         if client is None:
             return await self._pass(request, handler, state, None)
-        # The client's name on every log event of its request (the audit trail).
-        with structlog.contextvars.bound_contextvars(access_client=client.name):
+        signed_in = request.get(SIGNED_IN)
+        # The client's name (and the member's) on every log event of its request: the audit trail.
+        with structlog.contextvars.bound_contextvars(
+            access_client=client.name,
+            **({"caller": signed_in.caller.name} if signed_in is not None else {}),
+        ):
             return await self._pass(request, handler, state, client)
 
     async def _pass(
@@ -63,10 +69,41 @@ class Guard:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
             exchange.client = client.name if client is not None else None
+            signed_in = request.get(SIGNED_IN)
+            if signed_in is not None:
+                exchange.caller = signed_in.caller.name
             exchange.state = state  # forwarded under the version it was checked against
             request[KEY] = exchange
             self._runtime.observers.received(exchange)
         return await handler(request)
+
+    async def _admit(
+        self, request: web.Request, state: State
+    ) -> tuple[AccessClient | None, web.Request]:
+        """Hygiene, browser checks and the client key or the member's token; the request
+        without either."""
+        presented = _checked(request, state)
+        if presented is None:
+            return None, request
+        settings = state.config.access
+        signed_in = None
+        if presented.bearer and state.signin is not None and looks_like_jwt(presented.key):
+            session = self._runtime.session
+            assert session is not None  # opened before the first request is accepted
+            caller = await state.signin.authenticate(presented.key, session)
+            client = access.match_member(settings, caller)
+            signed_in = SignedIn(caller, presented.key)
+        else:
+            client = access.authenticate(settings, presented)
+        headers = CIMultiDict(request.headers)
+        headers.popall(access.KEY_HEADER, None)
+        if presented.header != access.KEY_HEADER:
+            headers.popall(presented.header, None)
+        request = request.clone(headers=headers)
+        request[access.CLIENT] = client
+        if signed_in is not None:
+            request[SIGNED_IN] = signed_in
+        return client, request
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: the same checks before the client is told to send its body,
@@ -75,7 +112,7 @@ class Guard:
         state = self._runtime.state
         client = None
         try:
-            client, checked = _admit(request, state)
+            client, checked = await self._admit(request, state)
             if not paths.is_reserved(request.path):
                 _authorize(checked, client, state)
             target = state.resolver.resolve(request).target
@@ -98,6 +135,11 @@ class Guard:
         exchange = Exchange.of(request)
         exchange.refused = True
         exchange.client = client.name if client is not None else None
+        signed_in = request.get(SIGNED_IN)
+        if signed_in is not None:
+            exchange.caller = signed_in.caller.name
+        elif isinstance(error, NotGranted):
+            exchange.caller = error.caller
         exchange.error = error.code
         observers = self._runtime.observers
         observers.received(exchange)
@@ -112,12 +154,13 @@ class Guard:
         return response
 
 
-def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web.Request]:
-    """Hygiene, browser checks and the client key; the request without the key."""
+def _checked(request: web.Request, state: State) -> access.Presented | None:
+    """Hygiene and browser checks; the credential the request must be admitted with, or None
+    when it needs none (no [access], liveness, readiness without a credential)."""
     check_request(request.method, request.raw_path, request.headers)
     path = request.raw_path.split("?", 1)[0]
     if path == paths.LIVEZ:
-        return None, request  # liveness says nothing and costs nothing: always open
+        return None  # liveness says nothing and costs nothing: always open
     if path != paths.METRICS or peer_is_loopback(request):
         # A scraper reaches a pod by its IP, which no allowlist can name; the Host check
         # exists for browsers on this machine (DNS rebinding), whose peer is loopback.
@@ -125,18 +168,13 @@ def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web
         check_browser(request.headers, state.allowed_hosts, forwarded.hosts)
     settings = state.config.access
     if not settings.enabled:
-        return None, request
+        return None
     presented = access.presented_key(request.headers)
-    if path == paths.READYZ and presented is None:
-        return None, request  # probes get the status without a key; details need one
-    client = access.authenticate(settings, presented)
-    headers = CIMultiDict(request.headers)
-    headers.popall(access.KEY_HEADER, None)
-    if presented is not None and presented.header != access.KEY_HEADER:
-        headers.popall(presented.header, None)
-    request = request.clone(headers=headers)
-    request[access.CLIENT] = client
-    return client, request
+    if presented is None:
+        if path == paths.READYZ:
+            return None  # probes get the status without a key; details need one
+        access.authenticate(settings, None)  # raises: no credential
+    return presented
 
 
 def _authorize(request: web.Request, client: AccessClient | None, state: State) -> None:
@@ -147,4 +185,5 @@ def _authorize(request: web.Request, client: AccessClient | None, state: State) 
     route, prefixed = resolved.target.route, resolved.listener is None
     if client is not None:
         access.authorize(client, route, request.method)
+    acting.check(route, request.get(SIGNED_IN))
     state.policies[route.name].check(request.method, request.raw_path, prefixed=prefixed)

@@ -34,6 +34,8 @@ FORWARDING = frozenset({"forwarded", "x-forwarded-proto", "x-forwarded-host"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 REQUEST_ID = "x-ms-client-request-id"
+# Headers that pick whom Dataverse acts for (CallerObjectId, and the older MSCRMCallerID).
+_IMPERSONATION = frozenset({"callerobjectid", "mscrmcallerid"})
 
 
 def connection_named(values: Iterable[str]) -> frozenset[str]:
@@ -65,9 +67,11 @@ class HeaderRules:
         "_response_set",
     )
 
-    def __init__(self, edits: RouteEdits | None = None) -> None:
+    def __init__(self, edits: RouteEdits | None = None, *, names_member: bool = False) -> None:
         edits = edits or RouteEdits()
         self._request_drop_forwarded = _REQUEST_DROP | edits.remove_request_headers
+        if names_member:  # only the proxy says whom Dataverse acts for on such a route
+            self._request_drop_forwarded |= _IMPERSONATION
         self._request_drop = self._request_drop_forwarded | FORWARDING
         self._request_set = tuple(edits.set_request_headers.items())
         self._request_default = tuple(edits.default_request_headers.items())
@@ -82,9 +86,11 @@ class HeaderRules:
         request_id: str,
         content_length: str | None,
         trusted_proxy: bool = False,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> CIMultiDict[str]:
-        """The headers to send upstream: cleaned, edited, the token and request id set. The
-        forwarding headers stay only when ``trusted_proxy`` sent them."""
+        """The headers to send upstream: cleaned, edited, the token, the token source's
+        ``extra`` headers (CallerObjectId) and the request id set. The forwarding headers stay
+        only when ``trusted_proxy`` sent them."""
         out = _kept(incoming, self._request_drop_forwarded if trusted_proxy else self._request_drop)
         for name, value in self._request_set:
             out[name] = value
@@ -93,6 +99,8 @@ class HeaderRules:
                 out[name] = value
         if content_length is not None:
             out["Content-Length"] = content_length
+        for name, value in extra:
+            out[name] = value
         out["Authorization"] = f"Bearer {token}"
         out[REQUEST_ID] = request_id
         return out

@@ -20,6 +20,11 @@ Sources (the table :data:`CLOUDS` follows them; where they disagree it says so):
   "IP addresses and URLs" page (learn.microsoft.com/power-automate/ip-address-configuration:
   ``*.api.gov.powerplatform.microsoft.us``, ``*.api.high.powerplatform.microsoft.us``,
   ``*.api.appsplatform.us``, ``*.api.powerplatform.partner.microsoftonline.cn``).
+- Issuers of v1 access tokens per cloud (``iss`` = ``https://<host>/<tenant id>/``):
+  ``sts.windows.net`` in the public cloud and in Azure Government (GCC, GCC High, DoD),
+  ``sts.chinacloudapi.cn`` in China; v2 tokens name the issuer the tenant's OpenID metadata
+  gives (learn.microsoft.com/entra/identity-platform/access-token-claims-reference, and
+  Microsoft Q&A "What are the token issuers for the sovereign clouds").
 - Dataverse hosts per cloud (the scope follows the upstream, so nothing to table):
   ``*.crm.dynamics.com``, ``*.crm9.dynamics.com`` (GCC), ``*.crm.microsoftdynamics.us``
   (GCC High), ``*.crm.appsplatform.us`` (DoD), ``*.crm.dynamics.cn`` (China).
@@ -130,6 +135,15 @@ POWERAPPS_SCOPE = "https://service.powerapps.com//.default"
 DEFAULT_ROUTE_PRESETS = ("powerapps", "bap", "flow", "powerplatform")
 
 DEFAULT_AUTHORITY_HOST = CLOUDS[DEFAULT_CLOUD].authority_host
+
+# The host in the issuer of v1 access tokens, per cloud (see the sources above).
+V1_ISSUER_HOSTS = {
+    "public": "sts.windows.net",
+    "gcc": "sts.windows.net",
+    "gcc-high": "sts.windows.net",
+    "dod": "sts.windows.net",
+    "china": "sts.chinacloudapi.cn",
+}
 
 # Authority hosts MSAL knows; any other host is used as given, without instance discovery.
 KNOWN_AUTHORITY_HOSTS = frozenset(

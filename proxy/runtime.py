@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -20,9 +20,15 @@ from .config import Config
 from .errors import ProxyError, TokenUnavailable
 from .exchange import Observers
 from .metrics import Snapshot
+from .signin import SignIn
 from .state import State
 from .tls import ListenerTLS, TlsError
-from .tokens import TokenError, TokenProvider
+from .tokens import ScopeStatus, TokenError, TokenProvider
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
 
 log = structlog.get_logger("proxy")
 
@@ -46,7 +52,7 @@ class Runtime:
         # Requests in flight per route, for the whole process (a reload keeps counting).
         self.in_flight: dict[str, int] = {r.name: 0 for r in config.routes}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._retiring: list[TokenProvider] = []  # replaced by a reload, closed a bit later
+        self._retiring: list[Closable] = []  # replaced by a reload, closed a bit later
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` in the background, holding a reference until it is done."""
@@ -56,13 +62,16 @@ class Runtime:
         return task
 
     def prefetch(self) -> None:
-        """Start getting every route's token now, so the first requests need not wait."""
+        """Start getting every route's token, and the signing keys members' tokens are checked
+        with, now, so the first requests need not wait."""
         state = self.state
         if not state.config.tokens.prefetch:
             return
         for identity, scopes in state.scopes().items():
             for scope in scopes:
                 self.spawn(_warm(state.config, identity, state.providers[identity], scope))
+        if state.signin is not None and not state.signin.keys.loaded and self.session is not None:
+            self.spawn(_warm_keys(state.signin, self.session))
 
     async def reload(self, new: Config) -> list[str]:
         """Serve ``new`` from now on: routes, identities, tokens settings, access and policies,
@@ -84,8 +93,8 @@ class Runtime:
         self.state = state = State.build(new, previous=old, given=self._given)
         for route in new.routes:
             self.in_flight.setdefault(route.name, 0)
-        kept = set(map(id, state.providers.values()))
-        retired = [p for p in old.providers.values() if id(p) not in kept]
+        kept = set(map(id, state.closables()))
+        retired = [p for p in old.closables() if id(p) not in kept]
         if retired:
             self._retiring.extend(retired)
             self.spawn(self._close_later(retired, new.server.shutdown_timeout))
@@ -99,11 +108,11 @@ class Runtime:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for provider in [*self.state.providers.values(), *self._retiring]:
+        for provider in [*self.state.closables(), *self._retiring]:
             await provider.close()
         self._retiring.clear()
 
-    async def _close_later(self, providers: list[TokenProvider], delay: float) -> None:
+    async def _close_later(self, providers: list[Closable], delay: float) -> None:
         await asyncio.sleep(delay)
         for provider in providers:
             self._retiring.remove(provider)
@@ -116,15 +125,23 @@ class Runtime:
             in_flight=dict(self.in_flight),
             queued={route: limiter.waiting for route, limiter in state.limiters.items()},
         )
+        # Service tokens and members' tokens (counted per scope, never per member) together.
         for identity, provider in state.providers.items():
-            for scope, status in provider.status().items():
-                snap.tokens[(identity, scope, "success")] = status.successes
-                snap.tokens[(identity, scope, "error")] = sum(status.errors.values())
-                for code, n in status.errors.items():
-                    snap.errors[code] = snap.errors.get(code, 0) + n
-                if status.expires_in is not None:
-                    snap.expiry[(identity, scope)] = status.expires_in
+            _count(snap, identity, provider.status())
+        for identity, members in state.members.items():
+            _count(snap, identity, members.status())
         return snap
+
+
+def _count(snap: Snapshot, identity: str, statuses: Mapping[str, ScopeStatus]) -> None:
+    for scope, status in statuses.items():
+        for result, n in (("success", status.successes), ("error", sum(status.errors.values()))):
+            key = (identity, scope, result)
+            snap.tokens[key] = snap.tokens.get(key, 0) + n
+        for code, n in status.errors.items():
+            snap.errors[code] = snap.errors.get(code, 0) + n
+        if status.expires_in is not None:
+            snap.expiry[(identity, scope)] = status.expires_in
 
 
 def fixed_settings_changed(old: Config, new: Config) -> list[str]:
@@ -171,3 +188,9 @@ async def _warm(config: Config, identity: str, provider: TokenProvider, scope: s
 
 
 _PREFETCH_WAITS = 6
+
+
+async def _warm_keys(signin: SignIn, session: aiohttp.ClientSession) -> None:
+    # A failure is logged and kept for readyz; the first member's request tries again.
+    with contextlib.suppress(ProxyError):
+        await signin.keys.ready(session)

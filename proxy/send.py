@@ -1,4 +1,8 @@
-"""Sending a request upstream: the route's token, the call, and one retry after a 401.
+"""Sending a request upstream: the request's token, the call, and one retry after a 401.
+
+The token comes from the :class:`~proxy.acting.TokenSource` the forwarder picked for the route
+and the caller: the route's identity's own token, the same naming the member
+(``CallerObjectId``), or a token for the member by on-behalf-of.
 
 The only module that calls the upstream ``ClientSession``. aiohttp's client errors are turned
 into the proxy's own errors here, without ever printing them: their repr holds the request's
@@ -12,12 +16,13 @@ import time
 import aiohttp
 from aiohttp import web
 
+from .acting import TokenSource
 from .body import RequestBody
 from .errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
-from .tokens import Token, TokenProvider
+from .tokens import Token
 from .trust import CA_FILE_HINT
 
 
@@ -27,33 +32,32 @@ async def send(
     exchange: Exchange,
     target: Target,
     body: RequestBody,
-    provider: TokenProvider,
+    source: TokenSource,
     proxy: str | None,
     headers: HeaderRules,
     *,
     trusted_proxy: bool = False,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
-    with the route's token, ``headers`` rules and outbound ``proxy``; ``trusted_proxy``: the
-    request came through a trusted proxy, whose forwarding headers go upstream too."""
-    scope = target.route.scope
+    with the token from ``source``, ``headers`` rules and outbound ``proxy``; ``trusted_proxy``:
+    the request came through a trusted proxy, whose forwarding headers go upstream too."""
     waited = time.perf_counter()
-    token = await provider.token(scope)
+    token = await source.token()
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
     sent = time.perf_counter()
     upstream = await _call(
-        session, request, exchange, target, body, token, proxy, headers, trusted_proxy
+        session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
     )
     if upstream.status == 401 and body.replayable:
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
         # one, get a fresh one and try once more. Never twice.
         upstream.release()
-        provider.invalidate(token)
-        token = await provider.token(scope)
+        source.invalidate(token)
+        token = await source.token()
         exchange.retried_401 = True
         upstream = await _call(
-            session, request, exchange, target, body, token, proxy, headers, trusted_proxy
+            session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
         )
     exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
     return upstream
@@ -66,6 +70,7 @@ async def _call(
     target: Target,
     body: RequestBody,
     token: Token,
+    source: TokenSource,
     proxy: str | None,
     rules: HeaderRules,
     trusted_proxy: bool,
@@ -77,6 +82,7 @@ async def _call(
         request_id=exchange.request_id,
         content_length=body.content_length,
         trusted_proxy=trusted_proxy,
+        extra=source.headers,
     )
     exchange.upstream_url = target.url
     exchange.upstream_headers = headers.items()  # only redacting observers read these

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from .acting import ServiceToken, for_member
 from .browsers import allowed_hosts
 from .config import Config
 from .headers import HeaderRules
-from .identity import msal_provider
+from .identity import ConfidentialProvider, msal_provider
+from .identity.on_behalf_of import MemberTokens
 from .limits import Limiter
 from .policy import Policy, policies
 from .public_address import PublicAddress
 from .rewrite import LinkRewriter
 from .routing import Resolver
-from .tokens import CachingProvider, TokenProvider
+from .signin import SignIn
+from .token_cache import CachingProvider
+from .tokens import TokenProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,9 @@ class State:
     allowed_hosts: frozenset[str]  # Host/Origin names accepted
     headers: Mapping[str, HeaderRules]  # route name -> header hygiene and edits
     addresses: PublicAddress  # the scheme and host clients use (public_url, trusted proxies)
+    service_tokens: Mapping[str, ServiceToken]  # route name -> its identity's token, its scope
+    members: Mapping[str, MemberTokens]  # identity name -> tokens for members (act_as "user")
+    signin: SignIn | None  # validates members' tokens ([access.entra])
 
     @classmethod
     def build(
@@ -47,27 +55,37 @@ class State:
         """Prepare ``config``. Identities unchanged since ``previous`` keep their provider (and
         so their tokens); ``given`` providers (identity name -> provider) replace MSAL."""
         routes = config.routes
+        providers = _providers(config, previous, given or {})
         return cls(
             config=config,
             resolver=Resolver(routes),
             policies=policies(routes),
-            providers=_providers(config, previous, given or {}),
+            providers=providers,
             limiters={
                 r.name: Limiter(r.name, r.limits) for r in routes if r.limits.max_concurrency
             },
             links=LinkRewriter(routes),
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),
-            headers={r.name: HeaderRules(r.edits) for r in routes},
+            headers={r.name: HeaderRules(r.edits, names_member=for_member(r)) for r in routes},
             addresses=PublicAddress(config.server),
+            service_tokens={r.name: ServiceToken(providers[r.identity], r.scope) for r in routes},
+            members=_members(config, previous),
+            signin=_signin(config, previous),
         )
 
     def scopes(self) -> dict[str, list[str]]:
-        """Identity name -> the scopes its routes need, sorted."""
+        """Identity name -> the scopes its routes need service tokens for, sorted (routes that
+        act as the member need one per member instead)."""
         found: dict[str, set[str]] = {}
         for route in self.config.routes:
-            found.setdefault(route.identity, set()).add(route.scope)
+            if route.act_as != "user":
+                found.setdefault(route.identity, set()).add(route.scope)
         return {identity: sorted(scopes) for identity, scopes in found.items()}
+
+    def closables(self) -> list[Any]:
+        """What holds connections or background work: closed when this state is retired."""
+        return [*self.providers.values(), *self.members.values()]
 
 
 def _providers(
@@ -87,6 +105,46 @@ def _providers(
             wait_timeout=config.tokens.wait_timeout,
         )
     return providers
+
+
+def _members(config: Config, previous: State | None) -> dict[str, MemberTokens]:
+    """Tokens for members, for each identity a route with act_as = "user" uses (a confidential
+    client: the configuration checked it)."""
+    found: dict[str, MemberTokens] = {}
+    for route in config.routes:
+        name = route.identity
+        if route.act_as != "user" or name in found:
+            continue
+        if (
+            previous is not None
+            and name in previous.members
+            and _same_identity(previous.config, config, name)
+        ):
+            found[name] = previous.members[name]
+            continue
+        found[name] = MemberTokens(
+            ConfidentialProvider(config.identities[name], config.outbound),
+            name=name,
+            wait_timeout=config.tokens.wait_timeout,
+        )
+    return found
+
+
+def _signin(config: Config, previous: State | None) -> SignIn | None:
+    """The member token validator; the previous one (its keys, the tokens it has checked) when
+    nothing it depends on changed."""
+    entra = config.access.entra
+    if entra is None:
+        return None
+    old = previous.signin if previous is not None else None
+    wait = config.tokens.wait_timeout
+    if old is not None and (old.entra, old.outbound, old.wait_timeout) == (
+        entra,
+        config.outbound,
+        wait,
+    ):
+        return old
+    return SignIn(entra, config.outbound, wait_timeout=wait)
 
 
 def _same_identity(old: Config, new: Config, name: str) -> bool:

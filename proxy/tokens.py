@@ -1,29 +1,19 @@
-"""Access tokens: the provider interface and the per-scope cache that wraps any provider.
+"""Access tokens: what a token is, how getting one fails, and the provider interface.
 
 A provider has one small interface (:class:`TokenProvider`): ``await token(scope)``,
 ``invalidate(token)``, ``status()`` and ``await close()``; callers need nothing else. The MSAL
-providers in :mod:`proxy.identity` ask Entra ID every time. :class:`CachingProvider` wraps any
-provider with one cache entry per scope: single flight (one request to Entra however many callers
-wait), refresh ahead of expiry in the background, and a backoff after failures so a broken
-credential is not hammered.
+providers in :mod:`proxy.identity` ask Entra ID every time; :mod:`proxy.token_cache` wraps them
+with the cache (single flight, refresh ahead, backoff).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import structlog
-
 from . import aadsts
-from .errors import TokenUnavailable
-
-log = structlog.get_logger("proxy.tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,172 +95,3 @@ class TokenProvider(Protocol):
     async def close(self) -> None:
         """Stop background work and release connections."""
         ...
-
-
-class _Entry:
-    """The cache for one scope: current token, the one fetch in flight, and the timer."""
-
-    def __init__(self) -> None:
-        self.token: Token | None = None
-        self.cached: Token | None = None  # the same token, marked source="cache"
-        self.task: asyncio.Task[Token | TokenError] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.error: TokenError | None = None
-        self.failures = 0
-        self.retry_at = 0.0
-        self.last_refresh: float | None = None
-        # Counters for metrics: token requests by result, and errors by Entra's error code.
-        self.successes = 0
-        self.errors: dict[str, int] = {}
-
-
-def refresh_lead(lifetime: float) -> float:
-    """Seconds before expiry to refresh: half the lifetime, at most 15 minutes.
-
-    Entra's tokens live 60-90 minutes, so they are refreshed 15 minutes early; short-lived
-    tokens get half their life as the window for the refresh to land before the safety margin."""
-    return min(lifetime * 0.5, 900.0)
-
-
-def safety_margin(lifetime: float) -> float:
-    """A token with less than this left is never handed out: it could expire in flight."""
-    return min(lifetime * 0.1, 60.0)
-
-
-class CachingProvider:
-    """One cache entry per scope over ``inner``, with single flight and refresh ahead."""
-
-    def __init__(
-        self,
-        inner: TokenProvider,
-        *,
-        name: str = "",
-        wait_timeout: float = 5.0,
-        max_backoff: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._inner = inner
-        self._name = name  # the identity, for log events
-        self._wait_timeout = wait_timeout
-        self._max_backoff = max_backoff
-        self._clock = clock
-        self._entries: dict[str, _Entry] = {}
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"CachingProvider({self._inner!r}, scopes={list(self._entries)!r})"
-
-    async def token(self, scope: str) -> Token:
-        entry = self._entries.get(scope) or self._entries.setdefault(scope, _Entry())
-        now = self._clock()
-        cached = entry.cached
-        if cached is not None and cached.expires_at - now > safety_margin(cached.lifetime):
-            return cached
-        if entry.error is not None and now < entry.retry_at and entry.task is None:
-            raise self._unavailable(entry.error, entry.retry_at - now)
-        task = self._start(scope, entry)
-        try:
-            result = await asyncio.wait_for(asyncio.shield(task), self._wait_timeout)
-        except TimeoutError:
-            raise TokenUnavailable(
-                f"no token from the identity provider within {self._wait_timeout:g} s",
-                retry_after=self._wait_timeout,
-            ) from None
-        if isinstance(result, TokenError):
-            raise self._unavailable(result, entry.retry_at - self._clock())
-        return result
-
-    def invalidate(self, token: Token) -> None:
-        entry = self._entries.get(token.scope)
-        if entry is not None and entry.token is not None and entry.token.value == token.value:
-            entry.token = entry.cached = None
-        self._inner.invalidate(token)
-
-    def status(self) -> Mapping[str, ScopeStatus]:
-        now = self._clock()
-        return {
-            scope: ScopeStatus(
-                scope,
-                e.token.expires_at - now if e.token else None,
-                e.last_refresh,
-                f"{e.error.error}: {e.error.description}".rstrip(": ") if e.error else None,
-                max(0.0, e.retry_at - now) if e.error else None,
-                e.successes,
-                dict(e.errors),
-            )
-            for scope, e in self._entries.items()
-        }
-
-    async def close(self) -> None:
-        self._closed = True
-        tasks = []
-        for entry in self._entries.values():
-            if entry.timer is not None:
-                entry.timer.cancel()
-            if entry.task is not None:
-                entry.task.cancel()
-                tasks.append(entry.task)
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._inner.close()
-
-    def _start(self, scope: str, entry: _Entry) -> asyncio.Task[Token | TokenError]:
-        if entry.task is None:
-            entry.task = asyncio.get_running_loop().create_task(self._fetch(scope, entry))
-        return entry.task
-
-    async def _fetch(self, scope: str, entry: _Entry) -> Token | TokenError:
-        try:
-            token = await self._inner.token(scope)
-        except TokenError as e:
-            return self._failed(scope, entry, e)
-        except Exception as e:  # any other failure must not kill the cache
-            return self._failed(scope, entry, TokenError("internal_error", type(e).__name__))
-        finally:
-            entry.task = None
-        entry.token, entry.cached = token, replace(token, source="cache")
-        entry.error, entry.failures, entry.last_refresh = None, 0, time.time()
-        entry.successes += 1
-        log.info(
-            "token.refreshed", identity=self._name, scope=scope, expires_in=round(token.lifetime)
-        )
-        self._schedule(scope, entry, max(0.0, token.lifetime - refresh_lead(token.lifetime)))
-        return token
-
-    def _failed(self, scope: str, entry: _Entry, error: TokenError) -> TokenError:
-        if entry.error is None or entry.error.error != error.error:
-            log.warning(
-                "token.failed",
-                identity=self._name,
-                scope=scope,
-                error=error.error,
-                description=error.description,
-                **({"hint": error.hint} if error.hint else {}),
-            )
-        entry.error = error
-        entry.failures += 1
-        entry.errors[error.error] = entry.errors.get(error.error, 0) + 1
-        backoff = min(self._max_backoff, 2.0 ** (entry.failures - 1))
-        delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311  # jitter, not cryptography
-        if error.retry_after is not None:  # the identity provider asked for a pause: honour it
-            delay = max(delay, min(error.retry_after, 3600.0))
-        entry.retry_at = self._clock() + delay
-        self._schedule(scope, entry, delay)
-        return error
-
-    def _schedule(self, scope: str, entry: _Entry, delay: float) -> None:
-        if self._closed:
-            return
-        if entry.timer is not None:
-            entry.timer.cancel()
-        entry.timer = asyncio.get_running_loop().call_later(delay, self._start, scope, entry)
-
-    def _unavailable(self, error: TokenError, retry_after: float) -> TokenUnavailable:
-        return TokenUnavailable(
-            "the identity provider did not issue a token",
-            entra_error=error.error,
-            entra_description=error.description,
-            entra_codes=error.codes,
-            retry_after=max(1.0, retry_after),
-        )

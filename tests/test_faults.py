@@ -16,7 +16,8 @@ from aiohttp import web
 
 from proxy.errors import TokenUnavailable
 from proxy.testing import EchoUpstream, IdentityProvider
-from proxy.tokens import CachingProvider, ScopeStatus, Token, TokenError
+from proxy.token_cache import CachingProvider
+from proxy.tokens import ScopeStatus, Token, TokenError
 
 from .conftest import StartProxy
 from .upstreams import upstream

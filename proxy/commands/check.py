@@ -39,10 +39,14 @@ COMMAND = Command(
 )
 
 
+_ON_BEHALF_OF = "ok, per member (act_as = user): obtained when a member calls"
+
+
 async def check(config: Config, out: TextIO) -> int:
     """Get a token for every route and print a table; 0 only when all succeed."""
     providers = {n: msal_provider(i, config.outbound) for n, i in config.identities.items()}
-    pairs = sorted({(r.identity, r.scope) for r in config.routes})
+    # Routes that act as the member get a token per member, by on-behalf-of: nothing to get here.
+    pairs = sorted({(r.identity, r.scope) for r in config.routes if r.act_as != "user"})
     hints: dict[str, str] = {}
 
     async def one(identity: str, scope: str) -> str:
@@ -68,6 +72,8 @@ async def check(config: Config, out: TextIO) -> int:
     rows = [("ROUTE", "UPSTREAM", "SCOPE", "IDENTITY", "TOKEN")]
     rows += [
         (r.name, r.upstream, r.scope, r.identity, results[(r.identity, r.scope)])
+        if r.act_as != "user"
+        else (r.name, r.upstream, r.scope, r.identity, _ON_BEHALF_OF)
         for r in config.routes
     ]
     print(*columns(rows), sep="\n", file=out)

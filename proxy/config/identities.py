@@ -11,12 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from yarl import URL
-
-from .. import presets
 from ..credential_files import CredentialError, load_certificate, read_first_line
 from .model import IdentityConfig, Secret
-from .parse import NAME, Problems, _FromEnv, get, only, show
+from .parse import NAME, Problems, _FromEnv, cloud_and_authority, get, only
 
 _KEYS = {
     "tenant_id",
@@ -113,22 +110,7 @@ def _identity(
     secrets = {k: _secret(t, k, path, p) for k in _SECRETS}
     files = {k: _file(t, k, path, p, base) for k in _FILES}
     _pairs(t, form, path, p)
-    cloud = get(t, "cloud", str, path, p, presets.DEFAULT_CLOUD)
-    if cloud not in presets.CLOUDS:
-        p.add(f"{path}.cloud", f"must be one of {', '.join(presets.CLOUDS)}, got {show(cloud)}")
-        cloud = presets.DEFAULT_CLOUD
-    authority = get(t, "authority_host", str, path, p, presets.CLOUDS[cloud].authority_host)
-    url = URL(authority.rstrip("/"))
-    if url.scheme != "https" or not url.host or url.path not in ("", "/") or url.query_string:
-        p.add(f"{path}.authority_host", f"must be an https:// origin, got {show(authority)}")
-    elif "cloud" in t and "authority_host" in t and not presets.cloud_accepts(cloud, authority):
-        # Each key alone is fine; together they must agree, or sign-ins would go to the
-        # authority_host while the presets follow the cloud.
-        p.add(
-            f"{path}.authority_host",
-            f"{show(authority)} is not the Entra ID host of cloud = {cloud!r} "
-            f"({presets.CLOUDS[cloud].authority_host}): remove authority_host, or fix cloud",
-        )
+    cloud, authority = cloud_and_authority(t, path, p)
     send_chain = get(t, "send_certificate_chain", bool, path, p, False)
     certificate = files["certificate_path"]
     password_file = files["certificate_password_file"]
@@ -146,7 +128,7 @@ def _identity(
         tenant,
         client,
         secrets["client_secret"],
-        str(url.origin()) if url.host else authority,
+        authority,
         cloud,
         client_secret_file=files["client_secret_file"],
         certificate_path=certificate,

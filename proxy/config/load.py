@@ -16,6 +16,7 @@ from .model import Config, OutboundConfig, TokensConfig
 from .parse import Problems, get, interpolate, only, table
 from .routes import parse_routes
 from .server import default_state_dir, parse_server, state_dir
+from .signin import check_route_callers
 from .tap import parse_tap
 
 
@@ -73,6 +74,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path)
         if route.port is not None and route.port == server.port:
             p.add(f"routes[{i}].port", f"{route.port} is server.port; a route needs its own port")
     access = parse_access(raw.get("access"), {r.name for r in routes}, p)
+    check_route_callers(raw.get("routes"), routes, identities, access.entra, p)
     tap = parse_tap(raw.get("tap"), base_dir, p)
     if p.items:
         raise ConfigError(p.items)

@@ -176,6 +176,10 @@ class RouteConfig:
     identity: str
     strip_prefix: bool = True
     port: int | None = None  # a listener of its own: every path there goes to this route
+    # How the upstream sees a signed-in member: "service" (the identity's own token) or "user"
+    # (a token for the member, by on-behalf-of); impersonate adds CallerObjectId (Dataverse).
+    act_as: str = "service"
+    impersonate: bool = False
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     limits: RouteLimits = field(default_factory=RouteLimits)
     edits: RouteEdits = field(default_factory=RouteEdits)

@@ -10,6 +10,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from yarl import URL
+
+from .. import presets
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -88,6 +92,29 @@ def get(t: Mapping[str, Any], key: str, kind: type, path: str, p: Problems, defa
         p.add(join(path, key), f"must be {_KIND_NAMES[kind]}, got {show(value)}")
         return default
     return value
+
+
+def cloud_and_authority(t: Mapping[str, Any], path: str, p: Problems) -> tuple[str, str]:
+    """``cloud`` and ``authority_host`` (the cloud's unless given), as identities and
+    ``[access.entra]`` take them."""
+    cloud = get(t, "cloud", str, path, p, presets.DEFAULT_CLOUD)
+    if cloud not in presets.CLOUDS:
+        p.add(f"{path}.cloud", f"must be one of {', '.join(presets.CLOUDS)}, got {show(cloud)}")
+        cloud = presets.DEFAULT_CLOUD
+    authority = get(t, "authority_host", str, path, p, presets.CLOUDS[cloud].authority_host)
+    url = URL(authority.rstrip("/"))
+    if url.scheme != "https" or not url.host or url.path not in ("", "/") or url.query_string:
+        p.add(f"{path}.authority_host", f"must be an https:// origin, got {show(authority)}")
+        return cloud, authority
+    if "cloud" in t and "authority_host" in t and not presets.cloud_accepts(cloud, authority):
+        # Each key alone is fine; together they must agree, or sign-ins would go to the
+        # authority_host while the presets follow the cloud.
+        p.add(
+            f"{path}.authority_host",
+            f"{show(authority)} is not the Entra ID host of cloud = {cloud!r} "
+            f"({presets.CLOUDS[cloud].authority_host}): remove authority_host, or fix cloud",
+        )
+    return cloud, str(url.origin())
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

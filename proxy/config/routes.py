@@ -12,6 +12,7 @@ from ..peers import is_loopback
 from .model import IdentityConfig, RouteConfig
 from .parse import NAME, Problems, get, only, show
 from .route_options import OPTION_KEYS, parse_edits, parse_limits, parse_policy
+from .signin import ACT_AS
 
 _ROUTE_KEYS = {
     "name",
@@ -22,6 +23,8 @@ _ROUTE_KEYS = {
     "strip_prefix",
     "preset",
     "port",
+    "act_as",
+    "impersonate",
 } | OPTION_KEYS
 
 
@@ -99,6 +102,16 @@ def _route(
     port = get(t, "port", int, path, p, None)
     if port is not None and not 1 <= port <= 65535:
         p.add(f"{path}.port", f"must be between 1 and 65535, got {port}")
+    act_as = get(t, "act_as", str, path, p, "service")
+    if act_as not in ACT_AS:
+        p.add(f"{path}.act_as", f'must be "service" or "user", got {show(act_as)}')
+    impersonate = get(t, "impersonate", bool, path, p, False)
+    if impersonate and act_as == "user":
+        p.add(
+            f"{path}.impersonate",
+            'cannot go with act_as = "user": impersonation sends the service token naming the '
+            'member, act_as = "user" the member\'s own token; choose one',
+        )
     return RouteConfig(
         name,
         prefix,
@@ -107,6 +120,8 @@ def _route(
         identity,
         strip,
         port,
+        act_as,
+        impersonate,
         parse_policy(t, path, p),
         parse_limits(t, path, p),
         parse_edits(t, path, p),

@@ -1,6 +1,7 @@
 """A confidential client (``msal.ConfidentialClientApplication``): a client secret, a
 certificate, or a federated token (workload identity), asking for app tokens with
-``acquire_token_for_client``.
+``acquire_token_for_client``, and for tokens for a signed-in member with
+``acquire_token_on_behalf_of`` (:meth:`ConfidentialProvider.token_on_behalf_of`).
 
 The secret file and the federated token file are re-read for every token request, and a
 certificate file is read again too, so rotation on disk is picked up: the application is built
@@ -14,6 +15,7 @@ from typing import Any
 import msal  # type: ignore[import-untyped]  # msal ships no type information
 
 from ..credential_files import load_certificate, read_first_line, read_token_file
+from ..tokens import Token
 from ._msal import MsalProvider, PinnedSession, digest
 
 
@@ -45,3 +47,13 @@ class ConfidentialProvider(MsalProvider):
     def _acquire(self, app: Any, scope: str) -> dict[str, Any]:
         result: dict[str, Any] = app.acquire_token_for_client([scope])
         return result
+
+    async def token_on_behalf_of(self, assertion: str, scope: str) -> Token:
+        """A token for ``scope`` carrying the member whose access token is ``assertion`` (the
+        on-behalf-of flow: the jwt-bearer grant with ``requested_token_use=on_behalf_of``)."""
+
+        def acquire(app: Any) -> dict[str, Any]:
+            result: dict[str, Any] = app.acquire_token_on_behalf_of(assertion, [scope])
+            return result
+
+        return await self._run(acquire, scope)
