@@ -35,11 +35,14 @@ def test_example_file_loads() -> None:
 
 
 def _uncommented(prefix: str) -> str:
-    """The example with the commented lines starting with ``prefix`` switched on."""
+    """The example with the first commented block starting with ``prefix`` switched on."""
     lines = (ROOT / "proxy.example.toml").read_text().splitlines()
-    out, on = [], False
+    out, on, done = [], False, False
     for line in lines:
-        on = line.startswith(prefix) or (on and line.startswith("# ") and line[2:3] != " ")
+        on = (not done and line.startswith(prefix)) or (
+            on and line.startswith("# ") and line[2:3] != " "
+        )
+        done = done or on
         out.append(line[2:] if on else line)
     return "\n".join(out) + "\n"
 
@@ -63,7 +66,7 @@ def test_example_cloud_when_uncommented_moves_the_sign_in() -> None:
     text = (
         (ROOT / "proxy.example.toml")
         .read_text()
-        .replace('# cloud = "public"', 'cloud = "gcc-high"')
+        .replace('# cloud = "public"', 'cloud = "gcc-high"', 1)
     )
     cfg = loads(text, {"PP_TENANT_ID": "t", "PP_CLIENT_ID": "c", "PP_CLIENT_SECRET": "s"})
     assert cfg.identities["default"].authority_host == "https://login.microsoftonline.us"
