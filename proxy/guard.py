@@ -2,10 +2,14 @@
 
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
 (403) -> the [access] client key (401) -> the client's grants (403) -> the route's policy
-(405/403) -> the handler. A refused request is answered here, recorded as a refused
-:class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
-function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``); this module
-only runs them in order against the current :class:`~proxy.state.State`.
+(405/403) -> for a ``$batch``, every inner request against the same grants and policy
+(``proxy.batch``: 400/403/413) -> the handler. A refused request is answered here, recorded as
+a refused :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a
+pure function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``,
+``batch.check``); this module only runs them in order against the current
+:class:`~proxy.state.State`. A batch is the one request whose body the guard reads: its check
+needs it, and checking it here keeps every refusal in one place, before a token is fetched or
+a route's concurrency slot taken.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from . import access, paths
+from . import access, batch, paths
 from .browsers import check_browser
 from .config.access import AccessClient
 from .errors import ExpectationFailed, PayloadTooLarge, ProxyError, to_response
@@ -57,13 +61,19 @@ class Guard:
     ) -> web.StreamResponse:
         """The grants and policy, then the handler with the request's exchange."""
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
+            checked = None
             try:
                 _authorize(request, client, state)
+                if batch.is_batch(request.method, request.path):
+                    checked = await batch.admit(request, state, client)
             except ProxyError as e:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
             exchange.client = client.name if client is not None else None
             exchange.state = state  # forwarded under the version it was checked against
+            if checked is not None:
+                request[batch.CHECKED] = checked
+                exchange.batch = checked.summary
             request[KEY] = exchange
             self._runtime.observers.received(exchange)
         return await handler(request)
@@ -80,6 +90,8 @@ class Guard:
                 _authorize(checked, client, state)
             target = state.resolver.resolve(request).target
             limit = target.route.policy.max_body_bytes if target is not None else None
+            if target is not None and batch.is_batch(request.method, request.path):
+                limit = batch.limit(limit)
             length = request.content_length
             if limit is not None and length is not None and length > limit:
                 raise PayloadTooLarge(f"the body is {length} bytes; this route takes {limit}")

@@ -128,6 +128,10 @@ def is_json(content_type: str) -> bool:
     return mime == "application/json" or mime.endswith("+json")
 
 
+def is_multipart(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/mixed"
+
+
 def add_default_query(url: URL, defaults: Mapping[str, str] | None) -> URL:
     """``url`` with each default parameter appended unless the client sent it already."""
     if not defaults:
