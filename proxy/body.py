@@ -47,6 +47,13 @@ async def prepare(
     return body
 
 
+def held(data: bytes, capture: BodyCapture | None = None) -> RequestBody:
+    """A body already read whole (a checked ``$batch``): sent as is, and again after a 401."""
+    if capture is not None:
+        capture.add(data)
+    return RequestBody(data, True, str(len(data)))
+
+
 async def _prepare(request: web.Request, replay_limit: int, max_bytes: int | None) -> RequestBody:
     content = request.content
     declared = request.content_length

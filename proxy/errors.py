@@ -8,6 +8,8 @@
     ├── PayloadTooLarge          413 payload_too_large (the route's max_body_bytes)
     ├── ExpectationFailed        417 expectation_failed (an Expect other than 100-continue)
     ├── BadRequest               400 bad_request
+    ├── BadBatch                 400 bad_batch: a $batch body that cannot be checked whole
+    ├── MethodOverrideRefused    400 method_override_refused (X-HTTP-Method and friends)
     ├── TokenUnavailable         503 token_unavailable (+ Entra's error code and description)
     ├── UpstreamUnreachable      502 upstream_unreachable
     ├── UpstreamTimeout          504 upstream_timeout
@@ -21,7 +23,9 @@
     │   │   └── ConsentRequired  403 consent_required: AADSTS65001, nobody consented
     │   ├── HostNotAllowed       403 host_not_allowed: Host not allowed (DNS rebinding)
     │   ├── CrossSiteRequest     403 cross_site_request: a browser page from another site
-    │   └── PathNotAllowed       403 path_not_allowed: the route's allow_paths/deny_paths
+    │   ├── PathNotAllowed       403 path_not_allowed: the route's allow_paths/deny_paths
+    │   └── BatchForbidden       403 forbidden: a $batch inner request the route or client may
+    │                            not send alone (+ "batch": where it is and why)
     ├── MethodNotAllowed         405 method_not_allowed (+ Allow): the route's methods
     └── NotProxied               501 not_implemented: Upgrade (WebSockets) and TRACE
 
@@ -103,6 +107,36 @@ class ExpectationFailed(ProxyError):
 class BadRequest(ProxyError):
     status = 400
     code = "bad_request"
+
+
+class BatchError(ProxyError):
+    """An error about one inner request of a ``$batch``: ``where`` (its position, method, path,
+    change set, Content-ID, ...) is added to the body as ``"batch"``."""
+
+    def __init__(self, message: str, *, where: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.where = where
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.where:
+            body["batch"] = self.where
+        return body
+
+
+class BadBatch(BatchError):
+    """A ``$batch`` body the proxy cannot read whole and unambiguously: never forwarded."""
+
+    status = 400
+    code = "bad_batch"
+
+
+class MethodOverrideRefused(BatchError):
+    """``X-HTTP-Method``, ``X-HTTP-Method-Override`` or ``X-Method-Override``: a method the
+    policy would not see."""
+
+    status = 400
+    code = "method_override_refused"
 
 
 class UpstreamUnreachable(ProxyError):
@@ -262,6 +296,12 @@ class CrossSiteRequest(Forbidden):
 
 class PathNotAllowed(Forbidden):
     code = "path_not_allowed"
+
+
+class BatchForbidden(Forbidden, BatchError):
+    """An inner request of a ``$batch`` that would be refused if sent alone."""
+
+    code = "forbidden"
 
 
 class MethodNotAllowed(ProxyError):

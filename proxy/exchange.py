@@ -25,6 +25,7 @@ from yarl import URL
 from . import request_id
 
 if TYPE_CHECKING:
+    from .batch.summary import BatchSummary
     from .state import State
 
 log = structlog.get_logger("proxy")
@@ -91,6 +92,7 @@ class Exchange:
     duration_ms: float = 0.0
     request_capture: BodyCapture | None = None
     response_capture: BodyCapture | None = None
+    batch: BatchSummary | None = None  # a $batch's inner requests, as checked (bounded)
 
     @classmethod
     def of(cls, request: web.Request) -> Exchange:

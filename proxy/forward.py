@@ -16,6 +16,8 @@ import asyncio
 from aiohttp import web
 
 from . import access, acting, paths
+from .batch import CHECKED
+from .body import held as held_body
 from .body import prepare as prepare_body
 from .config import RouteConfig
 from .errors import NoRoute, ProxyError, to_response
@@ -89,12 +91,15 @@ class Forwarder:
         route = target.route
         runtime = self._runtime
         assert runtime.session is not None  # opened before the first request is accepted
-        body = await prepare_body(
-            request,
-            replay_limit=state.config.outbound.replay_body_bytes,
-            max_bytes=route.policy.max_body_bytes,
-            capture=exchange.request_capture,
-        )
+        if exchange.batch is not None:  # read and checked whole by the guard
+            body = held_body(request[CHECKED].body, exchange.request_capture)
+        else:
+            body = await prepare_body(
+                request,
+                replay_limit=state.config.outbound.replay_body_bytes,
+                max_bytes=route.policy.max_body_bytes,
+                capture=exchange.request_capture,
+            )
         rules = state.headers[route.name]
         upstream = await send(
             runtime.session,

@@ -3,10 +3,14 @@
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
 (403) -> the [access] client key, or a member's Entra ID token (401) and the entry it matches
 (403) -> the client's grants and whether the route needs a member (403) -> the route's policy
-(405/403) -> the handler. A refused request is answered here, recorded as a refused
-:class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
-function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``); this module
-only runs them in order against the current :class:`~proxy.state.State`.
+(405/403) -> for a ``$batch``, every inner request against the same grants and policy
+(``proxy.batch``: 400/403/413) -> the handler. A refused request is answered here, recorded as
+a refused :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a
+pure function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``,
+``batch.check``); this module only runs them in order against the current
+:class:`~proxy.state.State`. A batch is the one request whose body the guard reads: its check
+needs it, and checking it here keeps every refusal in one place, before a token is fetched or
+a route's concurrency slot taken.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from . import access, acting, paths
+from . import access, acting, batch, paths
 from .browsers import check_browser
 from .config.access import AccessClient
 from .errors import ExpectationFailed, NotGranted, PayloadTooLarge, ProxyError, to_response
@@ -63,8 +67,11 @@ class Guard:
     ) -> web.StreamResponse:
         """The grants and policy, then the handler with the request's exchange."""
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
+            checked = None
             try:
                 _authorize(request, client, state)
+                if batch.is_batch(request.method, request.path):
+                    checked = await batch.admit(request, state, client)
             except ProxyError as e:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
@@ -73,6 +80,9 @@ class Guard:
             if signed_in is not None:
                 exchange.caller = signed_in.caller.name
             exchange.state = state  # forwarded under the version it was checked against
+            if checked is not None:
+                request[batch.CHECKED] = checked
+                exchange.batch = checked.summary
             request[KEY] = exchange
             self._runtime.observers.received(exchange)
         return await handler(request)
@@ -117,6 +127,8 @@ class Guard:
                 _authorize(checked, client, state)
             target = state.resolver.resolve(request).target
             limit = target.route.policy.max_body_bytes if target is not None else None
+            if target is not None and batch.is_batch(request.method, request.path):
+                limit = batch.limit(limit)
             length = request.content_length
             if limit is not None and length is not None and length > limit:
                 raise PayloadTooLarge(f"the body is {length} bytes; this route takes {limit}")

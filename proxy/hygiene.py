@@ -47,7 +47,13 @@ def check_request(method: str, target: str, headers: MultiMapping[str]) -> None:
         raise BadRequest("the request target must be a path: /path?query (RFC 9112 §3.2.1)")
     if "#" in target:
         raise BadRequest("a request target has no fragment (RFC 9112 §3.2.1)")
-    path = target.split("?", 1)[0]
+    check_path(target.split("?", 1)[0])
+
+
+def check_path(path: str) -> None:
+    """``BadRequest`` for a path (no query) that could mean another place than it says: a
+    leading ``//``, backslashes, dot segments (raw or encoded), encoded separators or
+    controls, malformed or non-UTF-8 percent-encoding. Also used for ``$batch`` inner URLs."""
     if path.startswith("//"):
         raise BadRequest("the path must not start with //")
     if "\\" in path:

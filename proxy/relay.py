@@ -1,5 +1,6 @@
 """Relaying the upstream's response to the client: headers cleaned and their links rewritten,
-the body streamed, or, for JSON on a ``rewrite_links`` route, its upstream URLs rewritten.
+the body streamed, or, for JSON (and a ``$batch``'s answer, ``proxy.batch.responses``) on a
+``rewrite_links`` route, its upstream URLs rewritten.
 
 Once the status line is sent, the only honest signal of an upstream failure is a broken
 connection, so a client can never take a truncated body for a whole one.
@@ -7,16 +8,20 @@ connection, so a client can never take a truncated body for a whole one.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import aiohttp
 import structlog
 from aiohttp import web
 
 from . import request_id
+from .batch import responses as batch_responses
 from .config import RouteConfig
 from .errors import UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
-from .rewrite import LINK_HEADERS, REWRITE_HEADER, ClientView, LinkRewriter, is_json
+from .rewrite import LINK_HEADERS, REWRITE_HEADER, ClientView, LinkRewriter, is_json, is_multipart
 
 log = structlog.get_logger("proxy.access")
 
@@ -59,8 +64,20 @@ async def relay(
         exchange.bytes_out = 0
         await response.write_eof()
         return response
-    if route.edits.rewrite_links and is_json(upstream.headers.get("Content-Type", "")):
-        return await _relay_json(request, exchange, upstream, response, route, client, links)
+    if route.edits.rewrite_links:
+        content_type = upstream.headers.get("Content-Type", "")
+        rewrite: Callable[[bytes], bytes | None]
+        if is_json(content_type):
+            rewrite = functools.partial(links.rewrite_json_body, client=client, current=route)
+            return await _relay_held(request, exchange, upstream, response, route, rewrite)
+        if exchange.batch is not None and is_multipart(content_type):
+            rewrite = functools.partial(
+                batch_responses.rewrite,
+                content_type=content_type,
+                url=functools.partial(links.rewrite, client=client, current=route),
+                json_body=functools.partial(links.rewrite_json_body, client=client, current=route),
+            )
+            return await _relay_held(request, exchange, upstream, response, route, rewrite)
     response.content_length = length
     await response.prepare(request)
     if await _stream(request, exchange, upstream, response):
@@ -103,17 +120,17 @@ async def _stream(
     return True
 
 
-async def _relay_json(
+async def _relay_held(
     request: web.Request,
     exchange: Exchange,
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
     route: RouteConfig,
-    client: ClientView,
-    links: LinkRewriter,
+    rewrite: Callable[[bytes], bytes | None],
 ) -> web.StreamResponse:
-    """A JSON body with its upstream URLs rewritten, when small enough to hold; otherwise
-    streamed unchanged, and the client is told why in a header."""
+    """A body (JSON, or a batch answer) with its upstream URLs rewritten by ``rewrite``, when
+    small enough to hold; otherwise, or when ``rewrite`` cannot read it (None), sent unchanged,
+    and the client is told why in a header."""
     cap = route.edits.rewrite_max_bytes
     length = _length(upstream)
     reason = None
@@ -131,9 +148,11 @@ async def _relay_json(
             reason = "too-large"
     if held and exchange.response_capture is not None:
         exchange.response_capture.add(held)
-    if reason is None:
-        body, rewritten = links.rewrite_json(held, client, route)
-        response.headers[REWRITE_HEADER] = "rewritten" if rewritten else "unchanged"
+    body = rewrite(held) if reason is None else None
+    if reason is None and body is None:
+        reason = "unparsable"
+    if body is not None:
+        response.headers[REWRITE_HEADER] = "rewritten" if body != held else "unchanged"
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body)

@@ -131,6 +131,10 @@ class LinkRewriter:
 
         return _JSON_URL.sub(one, body), count
 
+    def rewrite_json_body(self, body: bytes, client: ClientView, current: RouteConfig) -> bytes:
+        """:meth:`rewrite_json`'s body alone."""
+        return self.rewrite_json(body, client, current)[0]
+
 
 def _under(path: str, base: str) -> bool:
     """Whether ``path`` (with query) lies under ``base`` on a segment boundary."""
@@ -142,6 +146,10 @@ def _under(path: str, base: str) -> bool:
 def is_json(content_type: str) -> bool:
     mime = content_type.split(";", 1)[0].strip().lower()
     return mime == "application/json" or mime.endswith("+json")
+
+
+def is_multipart(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/mixed"
 
 
 def add_default_query(url: URL, defaults: Mapping[str, str] | None) -> URL:

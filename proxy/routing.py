@@ -27,6 +27,14 @@ class RouteTable:
         self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
         self._bases = {r.name: r.upstream for r in routes}
 
+    def route_for(self, path: str) -> RouteConfig | None:
+        """The route that takes ``path`` (raw, without the query), or ``None``."""
+        for route in self._routes:
+            prefix = route.prefix
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return route
+        return None
+
     def match(self, raw_path: str) -> Target | None:
         """The target for ``raw_path`` (path and query as received), or ``None``."""
         if not raw_path.startswith("/"):
@@ -55,6 +63,10 @@ class Resolver:
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self._table = RouteTable(routes)
         self._port_routes = {r.port: r for r in routes if r.port is not None}
+
+    def route_for(self, path: str) -> RouteConfig | None:
+        """The route the main listener gives ``path`` (raw, without the query)."""
+        return self._table.route_for(path)
 
     def resolve(self, request: web.Request) -> Resolved:
         if RESOLVED in request:

@@ -13,9 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.testing import EchoUpstream
+from proxy.testing import EchoUpstream, LocalCA
+from proxy.testing.dataverse import DataverseUpstream
 
 from .conftest import StartProxy
+from .test_dataverse_standin import batch, request
 
 CHROMIUM = os.environ.get("PPPROXY_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -156,3 +158,49 @@ async def test_page_shows_live_exchanges_and_detail(
     target = os.environ.get("PPPROXY_TAP_SCREENSHOT")
     if target:
         shutil.copyfile(tmp_path / "tap.png", target)
+
+
+async def test_page_lists_a_batchs_inner_requests_and_responses(
+    start_proxy: StartProxy,
+    browser: Browser,
+    client: aiohttp.ClientSession,
+    ca: LocalCA,
+    tmp_path: Path,
+) -> None:
+    """A $batch's detail shows its inner requests (as checked) and inner responses."""
+    async with DataverseUpstream(ssl_context=ca.server_context()) as dv:
+        routes = [{"name": "dv", "prefix": "/dv", "upstream": dv.url, "rewrite_links": True}]
+        proxy = await start_proxy(routes, tap={"enabled": True})
+        root = f"{proxy.url}/dv/api/data/v9.2"
+        body = batch(
+            "batch_1",
+            [
+                request(f"POST {root}/accounts", {"name": "A"}),
+                request("PATCH $1", {"name": "B"}),
+            ],
+            request("GET accounts?$select=name"),
+            request("DELETE accounts(00000000-0000-0000-0000-000000000009)"),
+        )
+        async with client.post(
+            f"{root}/$batch",
+            data=body.encode(),
+            headers={"Content-Type": "multipart/mixed; boundary=batch_1"},
+        ) as resp:
+            # The DELETE of a missing record fails and stops the batch, which answers its 404.
+            assert resp.status == 404
+            await resp.read()
+        page = await browser.new_page(viewport={"width": 1440, "height": 720})
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(f"{proxy.url}/_proxy/tap")
+        await page.locator("#rows tr").first.click()
+        detail = page.locator("#d-body")
+        await expect(detail).to_contain_text("Batch · 4 requests · 1 change set")
+        requests, answers = await detail.locator("table.inner").all_text_contents()
+        assert "PATCH" in requests
+        assert "$1" in requests
+        assert "set 1 · 2" in requests
+        assert "404" in answers
+        assert "accounts(" in answers
+        await page.screenshot(path=str(tmp_path / "tap-batch.png"))
+        assert problems == []

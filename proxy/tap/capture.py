@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ..batch import responses as batch_responses
 from ..exchange import BodyCapture, Exchange
 from ..observe import redact, redact_text
 from ..timefmt import iso
@@ -55,7 +56,9 @@ def body_record(capture: BodyCapture | None, headers: list[tuple[str, str]]) -> 
     }
     if not capture.size:
         return body
-    textual = is_text(content_type) or (not content_type and _looks_like_text(capture.data))
+    textual = is_text(content_type) or (
+        (not content_type or _is_multipart(content_type)) and _looks_like_text(capture.data)
+    )
     if encoding not in ("", "identity") or not textual:
         body["binary"] = True
         if encoding not in ("", "identity"):
@@ -73,6 +76,11 @@ def body_record(capture: BodyCapture | None, headers: list[tuple[str, str]]) -> 
             return body
     body["text"] = redact_text(text)
     return body
+
+
+def _is_multipart(content_type: str) -> bool:
+    # $batch bodies: HTTP messages in text, unless a part carries binary content.
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/mixed"
 
 
 def _looks_like_text(data: bytearray) -> bool:
@@ -137,7 +145,44 @@ def record(captured: Captured) -> Record:
         "retried_401": exchange.retried_401,
         "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
         "http_version": "HTTP/1.1",
+        "batch": _batch(exchange, response_headers),
     }
+
+
+def _batch(exchange: Exchange, response_headers: list[tuple[str, str]]) -> Record | None:
+    """A $batch's inner requests (as checked, redacted) and, read from the captured answer,
+    its inner responses."""
+    summary = exchange.batch
+    if summary is None:
+        return None
+    requests = [
+        {
+            "position": n,
+            "method": inner.method,
+            "target": redact_text(inner.target),
+            "path": redact_text(inner.path),
+            "sent": None if inner.sent is None else redact_text(inner.sent),
+            "changeset": inner.changeset,
+            "content_id": inner.content_id,
+        }
+        for n, inner in enumerate(summary.requests, start=1)
+    ]
+    out: Record = {
+        "total": summary.total,
+        "changesets": summary.changesets,
+        "requests": requests,
+        "responses": None,
+        "responses_complete": False,
+    }
+    capture = exchange.response_capture
+    content_type = _header(response_headers, "Content-Type")
+    if capture is not None and capture.size and _is_multipart(content_type):
+        found = batch_responses.summarize(bytes(capture.data), content_type)
+        if found is not None:
+            answers, whole = found
+            out["responses"] = [redact(a) for a in answers]
+            out["responses_complete"] = whole and not capture.truncated
+    return out
 
 
 def summary(captured: Captured) -> Record:

@@ -1,0 +1,189 @@
+"""The check of a ``$batch`` body: every inner request, change sets included, against the
+route's policy and the client's grants exactly as if it had been sent alone.
+
+Pure: bytes in, the body to forward (inner URLs rewritten on a ``rewrite_links`` route) and
+a bounded summary out, or an error that names the inner request. Nothing is forwarded unless
+every inner request passed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .. import access
+from ..config.access import AccessClient
+from ..errors import BadBatch, BatchError, BatchForbidden, MethodOverrideRefused, ProxyError
+from ..policy import Policy
+from . import multipart, targets
+from .summary import KEEP, BatchSummary, InnerSummary, cut
+
+# Headers that make a server run another method than the request line's.
+OVERRIDE_HEADERS = ("X-HTTP-Method", "X-HTTP-Method-Override", "X-Method-Override")
+# "$1" or "$1/primarycontactid": the record made by the request with Content-ID 1 (OData 4.0
+# Part 1 §11.7.3.1); the characters are those servers read as a Content-ID.
+_REFERENCE = re.compile(r"\$([A-Za-z0-9_.~-]+)(.*)", re.DOTALL)
+_CONTENT_ID = re.compile(r"[A-Za-z0-9_.~-]{1,128}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A batch that passed: the body to send upstream and what the tap shows of it."""
+
+    body: bytes
+    summary: BatchSummary
+
+
+def check(
+    body: bytes,
+    content_type: str,
+    place: targets.Place,
+    policy: Policy,
+    client: AccessClient | None,
+    *,
+    allow_override: bool = False,
+) -> Checked:
+    """Check every inner request of ``body``; ``BadBatch``, ``MethodOverrideRefused`` or
+    ``BatchForbidden`` for the first that fails. ``allow_override``: the route accepts
+    method-override headers, and the overriding method is the one checked."""
+    requests = multipart.read(body, content_type)
+    # (change set, Content-ID) -> the path of the record that request makes or changes.
+    records: dict[tuple[int, str], str] = {}
+    edits: list[tuple[tuple[int, int], str]] = []
+    kept: list[InnerSummary] = []
+    for position, inner in enumerate(requests, start=1):
+        try:
+            method, path, sent = _one(inner, place, policy, client, records, allow_override)
+        except ProxyError as e:
+            raise _located(e, position, inner) from None
+        if sent is not None:
+            edits.append((inner.target_span, sent))
+        if len(kept) < KEEP:
+            kept.append(
+                InnerSummary(
+                    method,
+                    cut(inner.target),
+                    cut(path),
+                    None if sent is None else cut(sent),
+                    inner.changeset,
+                    inner.content_id,
+                )
+            )
+    changesets = max((r.changeset or 0 for r in requests), default=0)
+    summary = BatchSummary(tuple(kept), len(requests), changesets)
+    return Checked(_spliced(body, edits) if edits else body, summary)
+
+
+def _one(
+    inner: multipart.InnerRequest,
+    place: targets.Place,
+    policy: Policy,
+    client: AccessClient | None,
+    records: dict[tuple[int, str], str],
+    allow_override: bool,
+) -> tuple[str, str, str | None]:
+    """(method checked, route path, URL sent in its place or None) of one inner request."""
+    method = _method(inner, allow_override)
+    if inner.header("Host") is not None:
+        raise BadBatch("an inner request must not carry Host: write its URL absolute or relative")
+    content_id = inner.content_id
+    if content_id is not None and not _CONTENT_ID.fullmatch(content_id):
+        raise BadBatch("a Content-ID must be letters, digits, '_', '.', '~' or '-'")
+    reference = _REFERENCE.fullmatch(inner.target)
+    if reference is not None:
+        path, sent = _referenced(reference, inner.changeset, records), None
+    else:
+        _no_reference_inside(inner.target, inner.changeset, records)
+        resolved = targets.resolve(inner.target, place)
+        path, sent = resolved.path, resolved.sent
+    if path.rstrip("/").rpartition("/")[2].partition(";")[0].lower() == "$batch":
+        raise BadBatch("a batch cannot hold another batch")
+    try:
+        policy.check(method, path, prefixed=False)
+        if client is not None:
+            access.authorize(client, place.route, method)
+    except ProxyError as e:
+        raise BatchForbidden(e.message, where={"reason": e.code, "path": path}) from None
+    if content_id is not None and inner.changeset is not None:
+        key = (inner.changeset, content_id)
+        if key in records:
+            raise BadBatch(f"Content-ID {content_id} appears twice in one change set")
+        # A create's record is "{set}({key})": stand the key in as ($n) so a glob such as
+        # "/accounts(*)" matches what "$n" will name.
+        records[key] = path if path.endswith(")") else f"{path}(${content_id})"
+    return method, path, sent
+
+
+def _method(inner: multipart.InnerRequest, allow_override: bool) -> str:
+    method = inner.method.upper()  # checked upper-cased: the policy's methods are
+    for name in OVERRIDE_HEADERS:
+        value = inner.header(name)
+        if value is None:
+            continue
+        if not allow_override:
+            raise MethodOverrideRefused(
+                f"{name} is refused inside a batch as outside one: the policy would check "
+                f"{method} and the upstream run {value.strip()[:20]!r}"
+            )
+        if not _TOKEN.fullmatch(value.strip()):
+            raise BadBatch(f"{name} does not hold a method")
+        method = value.strip().upper()
+    return method
+
+
+def _referenced(
+    reference: re.Match[str], changeset: int | None, records: dict[tuple[int, str], str]
+) -> str:
+    """The route path a ``$n`` reference stands for: the record request ``n`` made."""
+    name, rest = reference.group(1), reference.group(2)
+    record = records.get((changeset, name)) if changeset is not None else None
+    if record is None:
+        raise BadBatch(f"${name} does not name an earlier request of its change set")
+    path = rest.partition("?")[0]
+    if rest and not rest.startswith(("/", "?")):
+        raise BadBatch(f"${name} must be followed by '/', '?' or nothing")
+    if path:
+        targets.check_inner_path(path)
+    return record + path
+
+
+def _no_reference_inside(
+    target: str, changeset: int | None, records: dict[tuple[int, str], str]
+) -> None:
+    """Refuse a ``$n`` of this change set anywhere but at the start: some servers replace it
+    wherever it appears, and the URL would then not be the one checked."""
+    if changeset is None or "$" not in target:
+        return
+    for found in re.finditer(r"\$([A-Za-z0-9_.~-]+)", target):
+        if (changeset, found.group(1)) in records:
+            raise BadBatch(f"${found.group(1)} may only stand at the start of a URL")
+
+
+def _located(error: ProxyError, position: int, inner: multipart.InnerRequest) -> ProxyError:
+    """``error`` naming the inner request: its position, method and path (never its query)."""
+    extra = error.where or {} if isinstance(error, BatchError) else {}
+    where: dict[str, Any] = {"position": position, "method": inner.method}
+    where["path"] = extra.get("path") or cut(inner.target.partition("?")[0])
+    if inner.changeset is not None:
+        where["changeset"] = inner.changeset
+    if inner.content_id is not None:
+        where["content_id"] = inner.content_id
+    where["reason"] = extra.get("reason", error.code)
+    message = f"batch request {position} ({inner.method} {where['path']}): {error.message}"
+    if isinstance(error, BatchError):
+        return type(error)(message, where=where)
+    return BatchForbidden(message, where=where)
+
+
+def _spliced(body: bytes, edits: list[tuple[tuple[int, int], str]]) -> bytes:
+    """``body`` with each span replaced; every other byte as the client sent it."""
+    out = bytearray()
+    last = 0
+    for (start, end), text in edits:
+        out += body[last:start]
+        out += text.encode("utf-8")
+        last = end
+    out += body[last:]
+    return bytes(out)

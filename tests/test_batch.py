@@ -1,0 +1,582 @@
+"""Dataverse ``$batch`` through the proxy: every inner request checked as if sent alone, inner
+URLs rewritten both ways, against the Dataverse stand-in (which parses the batch, refuses inner
+URLs outside its service root and answers with inner OData-EntityId and Location).
+
+Batch answers are read with the standard library's MIME parser (``parse_answer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.testing import LocalCA
+from proxy.testing.dataverse import DataverseUpstream
+
+from .conftest import StartProxy, events
+from .test_dataverse_standin import GUID, Inner, batch, parse_answer, request
+
+ROOT = "/api/data/v9.2"
+BOUNDARY = "batch_AAA"
+KEY = "ppk_batch-client-key-0123456789abcdef"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture
+async def dv(ca: LocalCA) -> AsyncIterator[DataverseUpstream]:
+    async with DataverseUpstream(ssl_context=ca.server_context()) as server:
+        yield server
+
+
+def dv_route(dv: DataverseUpstream, **options: Any) -> dict[str, Any]:
+    """/dv -> the stand-in's origin: the proxy path /dv/api/data/v9.2/... as the SDK builds it."""
+    return {"name": "dv", "prefix": "/dv", "upstream": dv.url, **options}
+
+
+def client_entry(**grants: Any) -> dict[str, Any]:
+    return {"name": "tool", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), **grants}
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: str | bytes,
+    boundary: str = BOUNDARY,
+    **headers: str,
+) -> tuple[int, dict[str, str], bytes]:
+    data = body.encode() if isinstance(body, str) else body
+    content_type = f'multipart/mixed; boundary="{boundary}"'
+    async with session.post(
+        url, data=data, headers={"Content-Type": content_type, **headers}
+    ) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+def answers(headers: dict[str, str], body: bytes) -> list[Inner | list[Inner]]:
+    return parse_answer(headers["Content-Type"], body)
+
+
+def flat(items: list[Inner | list[Inner]]) -> list[Inner]:
+    return [i for item in items for i in (item if isinstance(item, list) else [item])]
+
+
+# --- allowed batches reach the upstream --------------------------------------------------
+
+
+async def test_documented_batch_with_a_change_set_is_forwarded_byte_for_byte(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """Dataverse's documented shape (CRLF, a change set with Content-IDs, a JSON body,
+    upstream-absolute and relative URLs, a GET with raw spaces): unchanged without
+    rewrite_links, and answered per inner request."""
+    proxy = await start_proxy([dv_route(dv)])
+    body = batch(
+        BOUNDARY,
+        [
+            request(f"POST {dv.service_root}/accounts", {"name": "Contoso"}),
+            request("PATCH $1", {"telephone1": "555"}, "If-Match: *"),
+        ],
+        request("GET accounts?$select=name,telephone1&$filter=name eq 'Contoso'"),
+        request(f"GET {ROOT}/WhoAmI"),
+    )
+    status, headers, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    assert status == 200, raw
+    [posted] = dv.requests
+    assert posted.raw_path == f"{ROOT}/$batch"
+    assert posted.body == body.encode()
+    assert [i.target for i in posted.inner] == [
+        f"{dv.service_root}/accounts",
+        "$1",
+        "accounts?$select=name,telephone1&$filter=name eq 'Contoso'",
+        f"{ROOT}/WhoAmI",
+    ]
+    changeset, listed, whoami = answers(headers, raw)
+    assert isinstance(changeset, list)
+    assert [(i.status, i.content_id) for i in changeset] == [(204, "1"), (204, "2")]
+    assert isinstance(listed, Inner)
+    assert [(r["name"], r["telephone1"]) for r in listed.json()["value"]] == [("Contoso", "555")]
+    assert isinstance(whoami, Inner)
+    assert whoami.status == 200
+
+
+async def test_lf_line_ends_are_read_and_forwarded(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A batch written with bare LF (a shell here-document) passes and runs."""
+    proxy = await start_proxy([dv_route(dv)])
+    body = batch(BOUNDARY, request("POST accounts", {"name": "lf"}), newline="\n")
+    assert "\r" not in body
+    status, headers, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    assert status == 200, raw
+    [created] = flat(answers(headers, raw))
+    assert created.status == 204
+    assert [r["name"] for r in dv.records("accounts").values()] == ["lf"]
+
+
+async def test_inner_urls_on_the_proxy_are_rewritten_both_ways(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """With rewrite_links: inner URLs on the proxy's address (absolute, and path-absolute on
+    the route) go out on the upstream; inner OData-EntityId, Location and JSON bodies come
+    back on the proxy's address, with the outer Content-Length corrected."""
+    proxy = await start_proxy([dv_route(dv, rewrite_links=True)])
+    mine = f"{proxy.url}/dv{ROOT}"
+    body = batch(
+        BOUNDARY,
+        [request(f"POST {mine}/accounts", {"name": "A"}), request("PATCH $1", {"name": "B"})],
+        request(f"GET /dv{ROOT}/accounts?$select=name&$filter=name eq 'B'"),
+        request(f"GET {dv.service_root}/accounts?$select=name"),
+        request("GET accounts?$select=name"),
+    )
+    status, headers, raw = await send(client, f"{mine}/$batch", body)
+    assert status == 200, raw
+    [posted] = dv.requests
+    assert [i.target for i in posted.inner] == [
+        f"{dv.service_root}/accounts",
+        "$1",
+        f"{dv.service_root}/accounts?$select=name&$filter=name eq 'B'",
+        f"{dv.service_root}/accounts?$select=name",
+        "accounts?$select=name",
+    ]
+    assert int(headers["Content-Length"]) == len(raw)
+    assert headers["X-Ppproxy-Links"] == "rewritten"
+    assert dv.url.encode() not in raw  # nothing points at the upstream any more
+    changeset, *lists = answers(headers, raw)
+    assert isinstance(changeset, list)
+    created = changeset[0]
+    assert re.fullmatch(
+        re.escape(f"{mine}/accounts(") + GUID + r"\)", created.headers["OData-EntityId"]
+    )
+    assert created.headers["Location"] == created.headers["OData-EntityId"]
+    for listed in lists:
+        assert isinstance(listed, Inner)
+        assert listed.json()["@odata.context"].startswith(f"{mine}/$metadata#accounts")
+        assert [r["name"] for r in listed.json()["value"]] == ["B"]
+
+
+async def test_without_rewrite_links_the_answer_passes_unchanged(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """Inner URLs in the answer stay the upstream's when the route does not rewrite links."""
+    proxy = await start_proxy([dv_route(dv)])
+    body = batch(BOUNDARY, request("POST accounts", {"name": "A"}))
+    status, headers, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    assert status == 200
+    [created] = flat(answers(headers, raw))
+    assert created.headers["OData-EntityId"].startswith(f"{dv.service_root}/accounts(")
+    assert "X-Ppproxy-Links" not in headers
+
+
+async def test_proxy_urls_without_rewrite_links_are_checked_and_sent_unchanged(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """Without rewrite_links an inner URL on the proxy's address is checked as the proxy path
+    it names and sent as written; the upstream, which takes only its own service root,
+    refuses that inner request."""
+    proxy = await start_proxy([dv_route(dv, deny_paths=["**/systemusers*"])])
+    mine = f"{proxy.url}/dv{ROOT}"
+    denied = batch(
+        BOUNDARY, request(f"DELETE {mine}/systemusers({'0' * 8}-0000-0000-0000-{'0' * 12})")
+    )
+    status, _, _ = await send(client, f"{mine}/$batch", denied)
+    assert status == 403
+    allowed = batch(BOUNDARY, request(f"GET {mine}/accounts"))
+    status, headers, raw = await send(client, f"{mine}/$batch", allowed)
+    [posted] = dv.requests
+    assert posted.body == allowed.encode()
+    [refused] = flat(answers(headers, raw))
+    assert refused.status == 400
+    assert "is not based on" in refused.json()["error"]["message"]
+
+
+# --- refused batches never reach the upstream ---------------------------------------------
+
+SYSTEMUSER = "systemusers(00000000-0000-0000-0000-0000000000aa)"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["proxy-absolute", "upstream-absolute", "path-absolute", "relative", "in-change-set"],
+)
+async def test_the_reported_bypass_is_closed(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    client: aiohttp.ClientSession,
+    where: str,
+) -> None:
+    """A client allowed GET and POST, a route denying systemusers: a DELETE of a system user
+    inside a batch is refused 403 naming the method, path and position, however its URL is
+    written, and the upstream receives nothing."""
+    user = dv.add("systemusers", {"fullname": "Admin"})
+    proxy = await start_proxy(
+        [dv_route(dv, rewrite_links=True, deny_paths=["/api/data/v9.2/systemusers*"])],
+        access={"clients": [client_entry(methods=["GET", "POST"])]},
+    )
+    mine = f"{proxy.url}/dv{ROOT}"
+    target = {
+        "proxy-absolute": f"{mine}/systemusers({user})",
+        "upstream-absolute": f"{dv.service_root}/systemusers({user})",
+        "path-absolute": f"{ROOT}/systemusers({user})",
+        "relative": f"systemusers({user})",
+        "in-change-set": f"systemusers({user})",
+    }[where]
+    first = request("GET accounts")
+    delete = request(f"DELETE {target}")
+    items: list[str | list[str]] = (
+        [first, [delete]] if where == "in-change-set" else [first, delete]
+    )
+    status, _headers, raw = await send(
+        client, f"{mine}/$batch", batch(BOUNDARY, *items), **{"X-Api-Key": KEY}
+    )
+    assert status == 403, raw
+    answer = json.loads(raw)
+    assert answer["error"] == "forbidden"
+    assert answer["batch"]["position"] == 2
+    assert answer["batch"]["method"] == "DELETE"
+    assert answer["batch"]["path"] == f"{ROOT}/systemusers({user})"
+    assert "batch request 2 (DELETE" in answer["message"]
+    assert dv.requests == []
+    assert user in dv.records("systemusers")
+
+
+@pytest.mark.parametrize(
+    ("route_options", "grants", "reason"),
+    [
+        ({"methods": ["GET", "POST"]}, {}, "method_not_allowed"),
+        (
+            {"allow_paths": ["/api/data/v9.2/accounts*", "/api/data/v9.2/$batch"]},
+            {},
+            "path_not_allowed",
+        ),
+        ({}, {"methods": ["GET", "POST"]}, "forbidden"),
+    ],
+)
+async def test_each_rule_applies_to_inner_requests(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    client: aiohttp.ClientSession,
+    route_options: dict[str, Any],
+    grants: dict[str, Any],
+    reason: str,
+) -> None:
+    """The route's methods and allow_paths and the client's methods each refuse an inner
+    PATCH of a contact; the reason is the code a standalone request would get."""
+    proxy = await start_proxy(
+        [dv_route(dv, **route_options)], access={"clients": [client_entry(**grants)]}
+    )
+    body = batch(BOUNDARY, request("GET accounts"), request("PATCH contacts(x)", {"a": 1}))
+    status, _, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body, **{"X-Api-Key": KEY})
+    assert status == 403, raw
+    answer = json.loads(raw)
+    assert (answer["error"], answer["batch"]["reason"]) == ("forbidden", reason)
+    assert dv.requests == []
+
+
+async def test_client_route_grant_applies_to_the_batch(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A client without the route cannot send it a batch (the outer request is checked too)."""
+    proxy = await start_proxy(
+        [dv_route(dv), {"name": "other", "prefix": "/other", "upstream": dv.url}],
+        access={"clients": [client_entry(routes=["other"])]},
+    )
+    body = batch(BOUNDARY, request("GET accounts"))
+    status, _, _ = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body, **{"X-Api-Key": KEY})
+    assert status == 403
+    assert dv.requests == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://example.org/api/data/v9.2/accounts",  # another host
+        "http://127.0.0.1:1/api/data/v9.2/accounts",  # another port
+        "PROXY/other/api/data/v9.2/accounts",  # another route of the proxy, absolute
+        "UPSTREAM/admin/x",  # on the upstream, but a standalone request would take /dv/admin
+    ],
+)
+async def test_inner_urls_outside_the_route_are_refused(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession, target: str
+) -> None:
+    routes = [
+        dv_route(dv, rewrite_links=True),
+        {"name": "other", "prefix": "/other", "upstream": dv.url},
+        {"name": "admin", "prefix": "/dv/admin", "upstream": dv.url},
+    ]
+    proxy = await start_proxy(routes)
+    target = target.replace("PROXY", proxy.url).replace("UPSTREAM", dv.url)
+    status, _, raw = await send(
+        client, f"{proxy.url}/dv{ROOT}/$batch", batch(BOUNDARY, request(f"GET {target}"))
+    )
+    assert status == 403, raw
+    assert json.loads(raw)["batch"]["reason"] == "outside_route"
+    assert dv.requests == []
+
+
+MALFORMED = {
+    "no boundary": ("multipart/mixed", batch(BOUNDARY, request("GET accounts"))),
+    "JSON batch": (
+        "application/json",
+        json.dumps({"requests": [{"id": "1", "method": "DELETE", "url": "systemusers(1)"}]}),
+    ),
+    "no closing delimiter": (
+        None,
+        batch(BOUNDARY, request("GET accounts")).replace(f"--{BOUNDARY}--", ""),
+    ),
+    "malformed request line": (None, batch(BOUNDARY, "DELETE systemusers(1)\r\n")),
+    "boundary inside a part": (
+        None,
+        batch(BOUNDARY, request("POST accounts", {"name": f"x--{BOUNDARY}"})),
+    ),
+    "boundary after a bare CR": (
+        None,
+        batch(BOUNDARY, request("GET accounts")).replace("\r\n\r\n--", "\r\n\r\r--", 1),
+    ),
+    "bare CR in headers": (
+        None,
+        batch(BOUNDARY, request("GET accounts", None, "Accept: x\rX-HTTP-Method: DELETE")),
+    ),
+    "nested change set": (
+        None,
+        f"--{BOUNDARY}\r\nContent-Type: multipart/mixed; boundary=cs1\r\n\r\n"
+        "--cs1\r\nContent-Type: multipart/mixed; boundary=cs2\r\n\r\n"
+        "--cs2\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        "DELETE accounts(x) HTTP/1.1\r\n\r\n--cs2--\r\n--cs1--\r\n"
+        f"--{BOUNDARY}--\r\n",
+    ),
+    "nested batch": (None, batch(BOUNDARY, request("POST $batch", {"x": 1}))),
+    "reference outside a change set": (None, batch(BOUNDARY, request("DELETE $1"))),
+    "Host inside": (None, batch(BOUNDARY, request("GET /api/data/v9.2/accounts", None, "Host: x"))),
+    "dot segments": (None, batch(BOUNDARY, request("GET accounts/../systemusers"))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_malformed_batches_are_refused_400(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession, case: str
+) -> None:
+    """A batch the proxy cannot read whole and unambiguously is never forwarded."""
+    proxy = await start_proxy([dv_route(dv)])
+    content_type, body = MALFORMED[case]
+    async with client.post(
+        f"{proxy.url}/dv{ROOT}/$batch",
+        data=body.encode(),
+        headers={"Content-Type": content_type or f"multipart/mixed; boundary={BOUNDARY}"},
+    ) as response:
+        assert response.status == 400, await response.text()
+        assert (await response.json())["error"] == "bad_batch"
+    assert dv.requests == []
+
+
+async def test_method_override_inside_a_batch_is_refused(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """X-HTTP-Method (and friends) in an inner request: 400 method_override_refused."""
+    proxy = await start_proxy([dv_route(dv)])
+    body = batch(BOUNDARY, request("POST accounts(x)", {}, "X-HTTP-Method: DELETE"))
+    status, _, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    assert status == 400
+    answer = json.loads(raw)
+    assert answer["error"] == "method_override_refused"
+    assert answer["batch"]["position"] == 1
+    assert dv.requests == []
+
+
+async def test_batch_over_the_route_limit_is_413(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy([dv_route(dv, max_body_bytes=1000)])
+    body = batch(BOUNDARY, request("POST accounts", {"name": "x" * 2000}))
+    status, _, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    assert status == 413, raw
+    assert dv.requests == []
+
+
+@pytest.mark.parametrize("expect", [False, True])
+async def test_batches_are_limited_to_16_mib_by_default(
+    start_proxy: StartProxy, dv: DataverseUpstream, expect: bool
+) -> None:
+    """Without max_body_bytes a batch may have 16 MiB; a larger one is refused before its body
+    is read (and with Expect: 100-continue, before it is sent)."""
+    proxy = await start_proxy([dv_route(dv)])
+    head = (
+        f"POST /dv{ROOT}/$batch HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: multipart/mixed; boundary={BOUNDARY}\r\n"
+        + ("Expect: 100-continue\r\n" if expect else "")
+        + f"Content-Length: {16 * 1024 * 1024 + 1}\r\n\r\n"
+    )
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode())
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert dv.requests == []
+
+
+async def test_a_refused_batch_is_logged_as_a_refusal(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    client: aiohttp.ClientSession,
+    captured: Any,
+) -> None:
+    """request.rejected with the error code, like any refusal of the guard; no token fetched."""
+    proxy = await start_proxy([dv_route(dv, methods=["GET", "POST"])], tap={"enabled": True})
+    status, _, _ = await send(
+        client, f"{proxy.url}/dv{ROOT}/$batch", batch(BOUNDARY, request("DELETE accounts(x)"))
+    )
+    assert status == 403
+    logged = [e for e in events(captured) if e["event"].startswith("request")]
+    assert [(e["event"], e["status"], e["error"]) for e in logged] == [
+        ("request.rejected", 403, "forbidden")
+    ]
+    async with client.get(f"{proxy.url}/_proxy/tap/exchanges") as response:
+        assert (await response.json())["exchanges"] == []  # refusals are not kept, as ever
+
+
+async def test_the_tap_lists_inner_requests_and_responses(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy([dv_route(dv, rewrite_links=True)], tap={"enabled": True})
+    mine = f"{proxy.url}/dv{ROOT}"
+    body = batch(
+        BOUNDARY,
+        [request(f"POST {mine}/accounts", {"name": "A"}), request("PATCH $1", {"name": "B"})],
+        request("GET accounts?$select=name"),
+    )
+    status, _, _ = await send(client, f"{mine}/$batch", body)
+    assert status == 200
+    async with client.get(f"{proxy.url}/_proxy/tap/exchanges") as response:
+        [summary] = (await response.json())["exchanges"]
+    async with client.get(f"{proxy.url}/_proxy/tap/exchanges/{summary['id']}") as response:
+        record = await response.json()
+    listed = record["batch"]
+    assert (listed["total"], listed["changesets"]) == (3, 1)
+    assert [
+        (r["method"], r["target"], r["sent"], r["changeset"], r["content_id"])
+        for r in listed["requests"]
+    ] == [
+        ("POST", f"{mine}/accounts", f"{dv.service_root}/accounts", 1, "1"),
+        ("PATCH", "$1", None, 1, "2"),
+        ("GET", "accounts?$select=name", None, None, None),
+    ]
+    assert [r["path"] for r in listed["requests"]] == [
+        f"{ROOT}/accounts",
+        f"{ROOT}/accounts($1)",
+        f"{ROOT}/accounts",
+    ]
+    assert [(r["status"], r["changeset"], r["content_id"]) for r in listed["responses"]] == [
+        (204, 1, "1"),
+        (204, 1, "2"),
+        (200, None, None),
+    ]
+    assert listed["responses"][0]["OData-EntityId"].startswith(f"{dv.service_root}/accounts(")
+    assert listed["responses_complete"] is True
+    assert "POST " in record["request_body"]["text"]  # the batch body as text, redacted
+
+
+# --- real clients ---------------------------------------------------------------------------
+
+
+async def test_microsofts_python_sdk_batch_through_the_proxy(
+    start_proxy: StartProxy, dv: DataverseUpstream
+) -> None:
+    """powerplatform-dataverse-client's batch (a create, a list, a change set whose update
+    references $1) pointed at the proxy over plain http (its async client; the sync one insists
+    on https), against the stand-in that refuses inner URLs outside its service root."""
+    aio = pytest.importorskip("PowerPlatform.Dataverse.aio.async_client")
+    credentials = pytest.importorskip("azure.core.credentials")
+
+    class Credential:
+        """The async credential protocol; the proxy adds the real token."""
+
+        async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+            return credentials.AccessToken("unused", int(time.time()) + 3600)
+
+        async def close(self) -> None:
+            return None
+
+        async def __aenter__(self) -> Credential:
+            return self
+
+        async def __aexit__(self, *args: object) -> None:
+            return None
+
+    proxy = await start_proxy([dv_route(dv, rewrite_links=True, deny_paths=["**/systemusers*"])])
+    async with aio.AsyncDataverseClient(f"{proxy.url}/dv", Credential()) as sdk:
+        job = sdk.batch.new()
+        job.records.create("account", {"name": "Fabrikam"})
+        job.records.list("account", select=["name"], filter="name eq 'Fabrikam'", top=2)
+        async with job.changeset() as changeset:
+            reference = changeset.records.create("contact", {"fullname": "Ada"})
+            changeset.records.update("contact", reference, {"telephone1": "555"})
+        result = await job.execute()
+        assert [(r.status_code, r.content_id) for r in result.responses] == [
+            (204, None),
+            (200, None),
+            (204, "1"),
+            (204, "2"),
+        ]
+        assert result.responses[0].entity_id in dv.records("accounts")
+        assert [r["name"] for r in result.responses[1].data["value"]] == ["Fabrikam"]
+        assert [(c["fullname"], c["telephone1"]) for c in dv.records("contacts").values()] == [
+            ("Ada", "555")
+        ]
+        [posted] = [r for r in dv.requests if r.inner]
+        assert [i.target for i in posted.inner] == [
+            f"{dv.service_root}/accounts",
+            f"{dv.service_root}/accounts?$select=name&$filter=name eq 'Fabrikam'&$top=2",
+            f"{dv.service_root}/contacts",
+            "$1",
+        ]
+        # The same SDK cannot reach a denied table through a batch either.
+        sent = len(dv.requests)
+        denied = sdk.batch.new()
+        denied.records.delete("systemuser", "00000000-0000-0000-0000-0000000000aa")
+        with pytest.raises(Exception, match="this path is denied on this route") as refused:
+            await denied.execute()
+        assert getattr(refused.value, "status_code", None) == 403
+        assert not any(r.inner for r in dv.requests[sent:])
+
+
+async def test_readme_batch_example(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """The $batch call in README's legacy section, as written, through the proxy."""
+    text = README.read_text()
+    body = re.search(r"cat > batch\.txt <<'EOF'\n(.*?\n)EOF\n", text, re.DOTALL)
+    command = re.search(r"curl [^\n]*batch\.txt[^\n]*\\\n[^\n]*\n", text)
+    assert body is not None
+    assert command is not None
+    boundary = re.search(r"boundary=([\w-]+)", command.group(0))
+    assert boundary is not None
+    proxy = await start_proxy(
+        [
+            {
+                "name": "dataverse",
+                "prefix": "/dataverse",
+                "upstream": dv.service_root,
+                "rewrite_links": True,
+            }
+        ]
+    )
+    data = body.group(1).replace("http://localhost:8080", proxy.url)
+    status, headers, raw = await send(
+        client, f"{proxy.url}/dataverse/$batch", data, boundary=boundary.group(1)
+    )
+    assert status == 200, raw
+    created, listed = flat(answers(headers, raw))
+    assert created.status == 204
+    assert created.headers["OData-EntityId"].startswith(f"{proxy.url}/dataverse/accounts(")
+    assert [r["name"] for r in listed.json()["value"]] == ["Contoso"]
