@@ -89,7 +89,11 @@ def parse_request(data: bytes) -> HttpRequest:
     such as Microsoft's Python SDK send query strings with raw spaces in them. A message whose
     headers run to the end of the part (no empty line) has an empty body.
     """
-    head, body = _split_head(data)
+    # Microsoft.OData reads the request line as the first non-empty line (ReadFirstNonEmptyLine).
+    lines = data.splitlines(keepends=True)
+    while lines and lines[0] in _BLANK:
+        lines.pop(0)
+    head, body = _split_head(b"".join(lines))
     if not head:
         raise MultipartError("empty request in batch part")
     words = head[0].split(" ")
