@@ -18,13 +18,20 @@ def is_loopback(host: str | None) -> bool:
         return False
     if host.lower() == "localhost":
         return True
+    address = ip_of(host)
+    return address is not None and address.is_loopback
+
+
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``host`` spells (bracketed or with a zone), an IPv4-mapped IPv6 address
+    as its IPv4 address; None for a name."""
     try:
         address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
 
 
 def peer_is_loopback(request: web.Request) -> bool:

@@ -24,6 +24,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .config import RouteConfig, ServerConfig
+from .peers import ip_of
 from .rewrite import ClientView
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,15 +98,8 @@ class PublicAddress:
 
     def trusts(self, peer: str | None) -> bool:
         """Whether ``peer`` (an IP address as the socket gives it) is a trusted proxy."""
-        if not peer:
-            return False
-        try:
-            address = ipaddress.ip_address(peer.strip("[]").split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
-        return any(address in network for network in self._networks)
+        address = ip_of(peer) if peer else None  # a dual-stack socket's ::ffff:a.b.c.d is IPv4
+        return address is not None and any(address in network for network in self._networks)
 
     def _read(self, headers: CIMultiDictProxy[str]) -> Forwarding:
         proto = None
