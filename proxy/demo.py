@@ -91,6 +91,7 @@ def _credential(testing: Any, idp: Any, flow: str, where: Path) -> tuple[str, li
     if flow == "certificate":
         cert = testing.ClientCertificate("ppproxy demo client")
         cert.write_pem(where / "client.pem")
+        (where / "client.pem").chmod(0o600)  # a private key: as a real one would be kept
         (where / "client.crt").write_bytes(cert.cert_pem)
         idp.certificates[CLIENT] = [cert.cert_pem]
         return 'certificate_path = "client.pem"', [
@@ -101,11 +102,13 @@ def _credential(testing: Any, idp: Any, flow: str, where: Path) -> tuple[str, li
         idp.public_clients.add(CLIENT)
         idp.users[USER] = "demo-password"
         (where / "password").write_text("demo-password\n")
+        (where / "password").chmod(0o600)
         return f'username = "{USER}"\npassword_file = "password"', [
             "password     the demo user's password (password_file)"
         ]
     idp.clients[CLIENT] = "demo-secret"
     (where / "client-secret").write_text("demo-secret\n")
+    (where / "client-secret").chmod(0o600)
     return 'client_secret_file = "client-secret"', [
         "client-secret  the client secret (client_secret_file)"
     ]

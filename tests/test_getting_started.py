@@ -55,8 +55,8 @@ async def test_bare_ppproxy_lists_every_command(tmp_path: Path) -> None:
 async def test_every_command_help_has_a_description_and_an_example(
     tmp_path: Path, name: str
 ) -> None:
-    code, out, _ = await run_in(tmp_path, name, "--help")
-    assert code == 0
+    code, out, err = await run_in(tmp_path, name, "--help")
+    assert code == 0, err
     command = next(c for c in cli.COMMANDS if c.name == name)
     assert command.description.split()[0] in out
     examples = out.split("examples:\n", 1)[1]
@@ -121,6 +121,15 @@ async def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     code, _out, _ = await run_in(tmp_path, "init", "--force", "--path", "proxy.toml")
     assert code == 0
     assert "client_secret" in (tmp_path / "proxy.toml").read_text()
+
+
+async def test_init_prints_a_path_with_spaces_quoted_so_the_commands_paste(
+    tmp_path: Path,
+) -> None:
+    code, out, _ = await run_in(tmp_path, "init", "--path", "my config.toml")
+    assert code == 0
+    assert (tmp_path / "my config.toml").is_file()
+    assert "ppproxy check --config 'my config.toml'" in out
 
 
 @pytest.mark.parametrize(
@@ -290,7 +299,7 @@ async def test_demo_without_the_testing_extra_says_so_in_one_line(tmp_path: Path
     assert out == b""
 
 
-@pytest.mark.parametrize("flow", ["certificate", "password"])
+@pytest.mark.parametrize("flow", ["secret", "certificate", "password"])
 async def test_demo_flow_runs_and_its_files_work_with_check(tmp_path: Path, flow: str) -> None:
     """`ppproxy demo --flow F --dir D`: the curl shows a token issued to the demo client by
     that flow, and `ppproxy check --config D/proxy.toml` succeeds while the demo runs."""
@@ -309,10 +318,13 @@ async def test_demo_flow_runs_and_its_files_work_with_check(tmp_path: Path, flow
         await asyncio.wait_for(proc.communicate(), 20)
     assert body["token_claims"]["appid"] == "demo-client"
     assert check.returncode == 0, out.decode() + err.decode()
+    secret = {"secret": "client-secret", "certificate": "client.pem", "password": "password"}
+    if os.name == "posix":  # the credential files are the owner's alone, as real ones are kept
+        assert (tmp_path / secret[flow]).stat().st_mode & 0o777 == 0o600
     if flow == "certificate":
         assert (tmp_path / "client.crt").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
         assert "client.crt" in text
-    else:
+    if flow == "password":
         assert body["token_claims"]["upn"] == "demo.admin@contoso.test"
 
 

@@ -48,18 +48,24 @@ async def check(config: Config, out: TextIO) -> int:
     # Routes that act as the member get a token per member, by on-behalf-of: nothing to get here.
     pairs = sorted({(r.identity, r.scope) for r in config.routes if r.act_as != "user"})
     hints: dict[str, str] = {}
+    # MSAL's own timeouts (a connect and a read, for the metadata and for the token) come
+    # first and say which one; this only bounds what they do not cover.
+    outbound = config.outbound
+    deadline = 2 * (outbound.connect_timeout + outbound.read_timeout)
 
     async def one(identity: str, scope: str) -> str:
         try:
-            token = await asyncio.wait_for(
-                providers[identity].token(scope), config.outbound.connect_timeout * 3
-            )
+            token = await asyncio.wait_for(providers[identity].token(scope), deadline)
         except TokenError as e:
             if e.hint:
                 hints.setdefault(e.hint, identity)
             return f"ERROR {e.error}: {e.summary}"
         except TimeoutError:
-            return "ERROR timeout: no answer from the identity provider"
+            host = config.identities[identity].authority_host
+            return (
+                f"ERROR timeout: no token from {host} within {deadline:g} s "
+                "(outbound.connect_timeout, outbound.read_timeout)"
+            )
         return f"ok, expires in {round(token.lifetime)} s"
 
     try:

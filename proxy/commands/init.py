@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,11 +70,14 @@ def init(
         raise CommandError(f"--tenant-id must be a GUID or a domain name, got {tenant_id[:60]!r}")
     if client_id is not None and not _GUID.match(client_id):
         raise CommandError(f"--client-id must be a GUID, got {client_id[:60]!r}")
-    if path.exists() and not force:
-        raise CommandError(f"{path} exists: not overwritten (give --force to replace it)")
     chosen = FLOWS[flow]
+    text = render(flow, tenant_id=tenant_id, client_id=client_id)
     try:
-        path.write_text(render(flow, tenant_id=tenant_id, client_id=client_id), encoding="utf-8")
+        # "x" creates the file or fails, in one step: a file that appears meanwhile is kept too.
+        with path.open("w" if force else "x", encoding="utf-8") as file:
+            file.write(text)
+    except FileExistsError:
+        raise CommandError(f"{path} exists: not overwritten (give --force to replace it)") from None
     except OSError as e:
         raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
     print(f"wrote {path} ({chosen.title})\n", file=out)
@@ -101,9 +105,16 @@ def next_commands(
         f"$env:{name} = '{value}'" if windows else f"export {name}='{value}'"
         for name, value in variables
     ]
-    given = "" if path == Path(DEFAULT_CONFIG) else f" --config {path}"
+    given = "" if path == Path(DEFAULT_CONFIG) else f" --config {_quoted(str(path), windows)}"
     lines += [f"ppproxy check{given}", f"ppproxy serve{given}"]
     return lines
+
+
+def _quoted(text: str, windows: bool) -> str:
+    """``text`` as one word on a command line (PowerShell and cmd take double quotes)."""
+    if re.fullmatch(r"[\w./:\\-]+", text):
+        return text
+    return f'"{text}"' if windows else shlex.quote(text)
 
 
 def render(flow: str, *, tenant_id: str | None = None, client_id: str | None = None) -> str:
