@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..globs import glob_problem
 from .parse import Problems, get, show
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
@@ -118,11 +119,20 @@ def method_set(t: Mapping[str, Any], path: str, p: Problems) -> frozenset[str] |
     return methods
 
 
+def _globs(t: Mapping[str, Any], key: str, path: str, p: Problems) -> tuple[str, ...]:
+    patterns = str_list(t, key, path, p)
+    for pattern in patterns:
+        problem = glob_problem(pattern)
+        if problem is not None:
+            p.add(f"{path}.{key}", problem)
+    return patterns
+
+
 def parse_policy(t: Mapping[str, Any], path: str, p: Problems) -> RoutePolicy:
     return RoutePolicy(
         method_set(t, path, p),
-        str_list(t, "allow_paths", path, p),
-        str_list(t, "deny_paths", path, p),
+        _globs(t, "allow_paths", path, p),
+        _globs(t, "deny_paths", path, p),
         _positive_int(t, "max_body_bytes", path, p),
     )
 
