@@ -35,6 +35,8 @@ class AccessLog(Observer):
             "method": redact_text(exchange.method),
             "path": redact_text(exchange.path),
         }
+        if exchange.method_override is not None:  # checked to be a method name (a token)
+            fields["method_override"] = exchange.method_override
         if exchange.route is not None:
             fields["route"] = exchange.route
         if exchange.token_source is not None:

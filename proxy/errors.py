@@ -8,6 +8,7 @@
     ├── PayloadTooLarge          413 payload_too_large (the route's max_body_bytes)
     ├── ExpectationFailed        417 expectation_failed (an Expect other than 100-continue)
     ├── BadRequest               400 bad_request
+    │   └── MethodOverrideRefused 400 method_override_refused: X-HTTP-Method and friends
     ├── TokenUnavailable         503 token_unavailable (+ Entra's error code and description)
     ├── UpstreamUnreachable      502 upstream_unreachable
     ├── UpstreamTimeout          504 upstream_timeout
@@ -82,6 +83,12 @@ class ExpectationFailed(ProxyError):
 class BadRequest(ProxyError):
     status = 400
     code = "bad_request"
+
+
+class MethodOverrideRefused(BadRequest):
+    """A method-override header on a route that does not take them (or an unusable one)."""
+
+    code = "method_override_refused"
 
 
 class UpstreamUnreachable(ProxyError):

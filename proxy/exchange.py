@@ -70,6 +70,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     client: str | None = None  # the [access] client's name
     refused: bool = False  # answered by the guard: never reached a route
+    method_override: str | None = None  # X-HTTP-Method and friends, on a route that takes them
     route: str | None = None
     upstream_url: URL | None = None
     # As sent upstream; Authorization holds the token, so only redacting observers read this.

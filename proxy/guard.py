@@ -1,10 +1,11 @@
 """The guard: the one middleware that decides whether a request may go any further.
 
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
-(403) -> the [access] client key (401) -> the client's grants (403) -> the route's policy
-(405/403) -> the handler. A refused request is answered here, recorded as a refused
+(403) -> the [access] client key (401) -> method overrides (400) -> the client's grants (403)
+-> the route's policy (405/403) -> the handler. A refused request is answered here, recorded as a refused
 :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
-function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``); this module
+function in its own module (``hygiene``, ``browsers``, ``access``, ``overrides``, ``policy``);
+this module
 only runs them in order against the current :class:`~proxy.state.State`.
 """
 
@@ -16,7 +17,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from . import access, paths
+from . import access, overrides, paths
 from .browsers import check_browser
 from .config.access import AccessClient
 from .errors import ExpectationFailed, PayloadTooLarge, ProxyError, to_response
@@ -58,11 +59,12 @@ class Guard:
         """The grants and policy, then the handler with the request's exchange."""
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
             try:
-                _authorize(request, client, state)
+                method_override = _authorize(request, client, state)
             except ProxyError as e:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
             exchange.client = client.name if client is not None else None
+            exchange.method_override = method_override
             exchange.state = state  # forwarded under the version it was checked against
             request[KEY] = exchange
             self._runtime.observers.received(exchange)
@@ -138,12 +140,18 @@ def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web
     return client, request
 
 
-def _authorize(request: web.Request, client: AccessClient | None, state: State) -> None:
-    """The client's grants and the route's policy, for a request that names a route."""
+def _authorize(request: web.Request, client: AccessClient | None, state: State) -> str | None:
+    """Method overrides, the client's grants and the route's policy, for a request that names
+    a route; the overriding method, if the route takes it."""
     resolved = state.resolver.resolve(request)
     if resolved.target is None:
-        return  # the forwarder answers 404 no_route
+        return None  # the forwarder answers 404 no_route
     route, prefixed = resolved.target.route, resolved.listener is None
-    if client is not None:
-        access.authorize(client, route, request.method)
-    state.policies[route.name].check(request.method, request.raw_path, prefixed=prefixed)
+    override = overrides.override(request.headers, route.policy.allow_method_override)
+    policy = state.policies[route.name]
+    # An upstream may act on either method, so both must be allowed.
+    for method in (request.method,) if override is None else (request.method, override):
+        if client is not None:
+            access.authorize(client, route, method)
+        policy.check(method, request.raw_path, prefixed=prefixed)
+    return override

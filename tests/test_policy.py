@@ -3,6 +3,9 @@ method overrides (issue 13, items 1 and 2)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from proxy.globs import compile_glob, forms
 from proxy.policy import Policy
 from proxy.testing import EchoUpstream
 
-from .conftest import StartProxy
+from .conftest import StartProxy, events
 
 _IDENTITY = {"a": {"tenant_id": "t", "client_id": "c", "client_secret": "s"}}
 
@@ -169,3 +172,118 @@ async def test_deny_rules_end_to_end(
         if status == 403:
             assert (await resp.json())["error"] == DENY
     assert len(echo.requests) == (1 if status == 200 else 0)
+
+
+# --- method overrides -----------------------------------------------------------------------
+
+OVERRIDES = ["X-HTTP-Method", "X-HTTP-Method-Override", "X-Method-Override"]
+CI_KEY = "ppk_override-test-key"
+
+
+@pytest.fixture
+async def override_gateway(start_proxy: StartProxy, echo: EchoUpstream) -> str:
+    proxy = await start_proxy(
+        [
+            {"name": "plain", "prefix": "/plain", "upstream": echo.url},
+            {
+                "name": "odata",
+                "prefix": "/odata",
+                "upstream": echo.url,
+                "allow_method_override": True,
+                "methods": ["GET", "POST", "PATCH"],
+                "deny_paths": ["/locked/**"],
+            },
+        ],
+        access={
+            "clients": [
+                {
+                    "name": "writer",
+                    "key_sha256": hashlib.sha256(CI_KEY.encode()).hexdigest(),
+                    "methods": ["GET", "POST", "DELETE"],
+                }
+            ]
+        },
+    )
+    return proxy.url
+
+
+@pytest.mark.parametrize("header", OVERRIDES)
+async def test_override_refused_by_default(
+    override_gateway: str, echo: EchoUpstream, client: aiohttp.ClientSession, header: str
+) -> None:
+    """A POST that an upstream would act on as a DELETE is never forwarded unasked."""
+    headers = {"X-Api-Key": CI_KEY, header: "DELETE"}
+    async with client.post(f"{override_gateway}/plain/x", data=b"{}", headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "method_override_refused"
+    assert echo.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "override", "status", "error"),
+    [
+        ("POST", "GET", 200, None),  # both allowed: forwarded with its header
+        ("POST", "patch", 403, "forbidden"),  # the client may not PATCH
+        ("POST", "DELETE", 405, "method_not_allowed"),  # the route takes no DELETE
+        ("PATCH", "GET", 403, "forbidden"),  # the request's own method is checked too
+        ("POST", "TRACE", 400, "method_override_refused"),
+        ("POST", "GET DELETE", 400, "method_override_refused"),
+    ],
+)
+async def test_override_checked_when_allowed(
+    override_gateway: str,
+    echo: EchoUpstream,
+    client: aiohttp.ClientSession,
+    method: str,
+    override: str,
+    status: int,
+    error: str | None,
+) -> None:
+    headers = {"X-Api-Key": CI_KEY, "X-HTTP-Method": override}
+    url = f"{override_gateway}/odata/accounts"
+    async with client.request(method, url, data=b"{}", headers=headers) as resp:
+        assert resp.status == status
+        if error is not None:
+            assert (await resp.json())["error"] == error
+    if status == 200:
+        sent = dict(echo.requests[-1].headers)
+        assert sent["X-HTTP-Method"] == override
+    else:
+        assert echo.requests == []
+
+
+async def test_conflicting_overrides_refused(
+    override_gateway: str, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    headers = {"X-Api-Key": CI_KEY, "X-HTTP-Method": "GET", "X-Method-Override": "DELETE"}
+    async with client.post(f"{override_gateway}/odata/x", data=b"{}", headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "method_override_refused"
+    assert echo.requests == []
+
+
+async def test_override_refused_before_the_body_is_asked_for(override_gateway: str) -> None:
+    """Expect: 100-continue gets the same verdict before any byte of the body is sent."""
+    head = (
+        f"POST /plain/x HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: {CI_KEY}\r\n"
+        "X-HTTP-Method-Override: DELETE\r\nExpect: 100-continue\r\nContent-Length: 5\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    host, port = override_gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+async def test_override_in_the_access_log(
+    override_gateway: str, client: aiohttp.ClientSession, captured: io.StringIO
+) -> None:
+    headers = {"X-Api-Key": CI_KEY, "X-HTTP-Method": "get"}
+    async with client.post(f"{override_gateway}/odata/x", data=b"{}", headers=headers) as resp:
+        assert resp.status == 200
+    (request,) = [e for e in events(captured) if e["event"] == "request"]
+    assert (request["method"], request["method_override"]) == ("POST", "GET")

@@ -25,6 +25,8 @@ class RoutePolicy:
     allow_paths: tuple[str, ...] = ()  # glob patterns on the path after the prefix
     deny_paths: tuple[str, ...] = ()
     max_body_bytes: int | None = None
+    # Honour X-HTTP-Method and friends; the overriding method is checked too (proxy.overrides).
+    allow_method_override: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,7 @@ class RouteEdits:
     rewrite_max_bytes: int = 8 * 1024 * 1024
 
 
-POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes"}
+POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes", "allow_method_override"}
 LIMIT_KEYS = {"max_concurrency", "max_queue", "queue_timeout"}
 EDIT_KEYS = {
     "set_request_headers",
@@ -134,6 +136,7 @@ def parse_policy(t: Mapping[str, Any], path: str, p: Problems) -> RoutePolicy:
         _globs(t, "allow_paths", path, p),
         _globs(t, "deny_paths", path, p),
         _positive_int(t, "max_body_bytes", path, p),
+        get(t, "allow_method_override", bool, path, p, False),
     )
 
 

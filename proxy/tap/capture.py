@@ -118,6 +118,7 @@ def record(captured: Captured) -> Record:
         "request_id": redact_text(exchange.request_id),
         "route": exchange.route,
         "method": exchange.method,
+        "method_override": exchange.method_override,
         "target": redact_text(exchange.target),
         "upstream_url": None if upstream_url is None else redact_text(str(upstream_url)),
         "status": exchange.status,
