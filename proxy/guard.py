@@ -2,11 +2,11 @@
 
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
 (403) -> the [access] client key (401) -> method overrides (400) -> the client's grants (403)
--> the route's policy (405/403) -> the handler. A refused request is answered here, recorded as a refused
-:class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
-function in its own module (``hygiene``, ``browsers``, ``access``, ``overrides``, ``policy``);
-this module
-only runs them in order against the current :class:`~proxy.state.State`.
+-> the route's policy (405/403) -> the handler. A refused request is answered here, recorded
+as a refused :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is
+a pure function in its own module (``hygiene``, ``browsers``, ``access``, ``overrides``,
+``policy``); this module only runs them in order against the current
+:class:`~proxy.state.State`.
 """
 
 from __future__ import annotations
