@@ -1,14 +1,22 @@
-"""A tiny HTTP CONNECT proxy on 127.0.0.1 that records the tunnels it opens."""
+"""A tiny HTTP CONNECT proxy on 127.0.0.1 that records what it is asked.
+
+It opens tunnels to loopback only: names under ``ppproxy.test`` (which the local CA's server
+certificate covers) are mapped to 127.0.0.1, the way a corporate proxy reaches a real host, so
+a test can tell "went through the proxy to a remote name" from "went direct to loopback".
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
+from proxy.testing.ca import TEST_DOMAIN
+
 
 class ConnectProxy:
     def __init__(self) -> None:
-        self.tunnels: list[str] = []
+        self.tunnels: list[str] = []  # CONNECT targets it opened, as asked
+        self.requests: list[str] = []  # every request line it received, tunnels or not
         self._server: asyncio.Server | None = None
         self.url = ""
 
@@ -26,11 +34,15 @@ class ConnectProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.requests.append(line)
+            method, target, _ = line.split(" ", 2)
             if method != "CONNECT":
                 writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
                 return
             host, port = target.rsplit(":", 1)
+            if host.endswith("." + TEST_DOMAIN):
+                host = "127.0.0.1"
             if host not in ("127.0.0.1", "localhost"):  # loopback only, whatever is asked
                 writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 return

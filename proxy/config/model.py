@@ -9,6 +9,7 @@ from pathlib import Path
 from yarl import URL
 
 from .. import presets
+from ..peers import is_loopback
 from .access import AccessConfig
 from .route_options import RouteEdits, RouteLimits, RoutePolicy
 from .tap import TapConfig
@@ -53,17 +54,31 @@ class OutboundConfig:
 
     def proxy_for(self, url: str) -> str | None:
         """The outbound proxy for ``url``: ``proxy`` when set, else the environment's, unless
-        NO_PROXY exempts the host. Decided once per upstream, never per request."""
+        NO_PROXY exempts the host. Decided once per upstream, never per request.
+
+        Never a proxy for a loopback host (it is on this machine: a proxy could only see what
+        goes to it), nor for plain ``http://`` (the proxy would read the token in clear)."""
+        parsed = URL(url)
+        if parsed.scheme != "https" or is_loopback(parsed.host):
+            return None
         if self.proxy is not None:
             return self.proxy
-        parsed = URL(url)
         env = self.proxy_env
-        chosen = env.get(f"{parsed.scheme}_proxy") or env.get("all_proxy")
+        chosen = env.get("https_proxy") or env.get("all_proxy")
         if not chosen or parsed.host is None:
             return None
         if _no_proxy(parsed.host, parsed.port, env.get("no_proxy", "")):
             return None
         return chosen
+
+    def configured_proxy(self) -> tuple[str, str] | None:
+        """The key a proxy comes from and its URL, before any exemption; ``None`` without one."""
+        if self.proxy is not None:
+            return "outbound.proxy", self.proxy
+        for name in ("http_proxy", "https_proxy", "all_proxy"):
+            if name in self.proxy_env:
+                return f"{name.upper()} (environment)", self.proxy_env[name]
+        return None
 
 
 def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
