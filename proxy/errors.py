@@ -13,6 +13,8 @@
     ├── UpstreamUnreachable      502 upstream_unreachable
     ├── UpstreamTimeout          504 upstream_timeout
     ├── UpstreamBusy             503 upstream_busy (the route's max_concurrency queue is full)
+    ├── ClientBusy               429 client_busy (the access client's max_concurrency)
+    ├── BodyTimeout              408 body_timeout (the body paused past server.body_timeout)
     ├── Unauthenticated          401 unauthenticated (+ WWW-Authenticate): no or a wrong key
     ├── Forbidden                403 forbidden: the access client may not use this route or method
     │   ├── HostNotAllowed       403 host_not_allowed: Host not allowed (DNS rebinding)
@@ -53,6 +55,9 @@ class ProxyError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    # Close the client's connection after the answer: what it was sending cannot be trusted
+    # to end where the next request starts.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -113,6 +118,24 @@ class UpstreamBusy(ProxyError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class ClientBusy(ProxyError):
+    """The [access] client has ``max_concurrency`` requests in flight already."""
+
+    status = 429
+    code = "client_busy"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class BodyTimeout(ProxyError):
+    """The request body paused longer than ``server.body_timeout`` (RFC 9110 §15.5.9)."""
+
+    status = 408
+    code = "body_timeout"
+    closes_connection = True
 
 
 class TokenUnavailable(ProxyError):
@@ -205,4 +228,7 @@ def to_response(error: ProxyError, *, request_id: str | None = None) -> web.Resp
     if request_id:
         body["request_id"] = request_id
         headers["x-ms-client-request-id"] = request_id
-    return web.Response(status=error.status, text=json.dumps(body), headers=headers)
+    response = web.Response(status=error.status, text=json.dumps(body), headers=headers)
+    if error.closes_connection:
+        response.force_close()
+    return response

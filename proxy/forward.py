@@ -2,7 +2,8 @@
 
 ::
 
-    resolve (routing) -> admit (limits) -> body (body) -> token + send (send) -> relay (relay)
+    resolve (routing) -> client cap (client_limits) -> body (body) -> route slot (limits)
+    -> token + send (send) -> relay (relay)
 
 Each stage fills its own fields of the request's :class:`~proxy.exchange.Exchange`; the
 observers read it when the response starts and when the exchange is over. Every error a stage
@@ -15,7 +16,8 @@ import asyncio
 
 from aiohttp import web
 
-from . import paths
+from . import access, paths
+from .body import RequestBody
 from .body import prepare as prepare_body
 from .config import RouteConfig
 from .errors import NoRoute, ProxyError, to_response
@@ -46,7 +48,7 @@ class Forwarder:
                 raise NoRoute(f"no proxy endpoint {request.path}")
             return await self._forward(request, exchange, exchange.state or runtime.state)
         except ProxyError as e:
-            return self._answer(exchange, e)
+            return self._answer(request, exchange, e)
         except asyncio.CancelledError:
             exchange.status = 499  # the client went away; its upstream request went with it
             raise
@@ -66,12 +68,12 @@ class Forwarder:
         if route.edits.default_query:
             target = Target(route, add_default_query(target.url, route.edits.default_query))
         runtime = self._runtime
-        limiter = state.limiters.get(route.name)
+        client = request.get(access.CLIENT)
         runtime.in_flight[route.name] += 1
         try:
-            if limiter is None:
+            if client is None or client.max_concurrency is None:
                 return await self._upstream(request, exchange, state, target, resolved.listener)
-            async with limiter.slot():
+            with runtime.clients.hold(client):  # 429 at once beyond the client's own cap
                 return await self._upstream(request, exchange, state, target, resolved.listener)
         finally:
             runtime.in_flight[route.name] -= 1
@@ -84,16 +86,38 @@ class Forwarder:
         target: Target,
         listener: RouteConfig | None,
     ) -> web.StreamResponse:
-        """Body, token and upstream call, then the relay of the answer."""
+        """The body, then the route's slot, then the upstream call and the relay.
+
+        The slot is taken only once a replayable body has been read: a client trickling its
+        body holds its own slots, never the route's (a streamed body is read while it is sent,
+        so it holds the slot; ``server.body_timeout`` bounds every pause)."""
         route = target.route
-        runtime = self._runtime
-        assert runtime.session is not None  # opened before the first request is accepted
         body = await prepare_body(
             request,
             replay_limit=state.config.outbound.replay_body_bytes,
             max_bytes=route.policy.max_body_bytes,
+            pause=state.config.server.body_timeout,
             capture=exchange.request_capture,
         )
+        limiter = state.limiters.get(route.name)
+        if limiter is None:
+            return await self._send(request, exchange, state, target, listener, body)
+        async with limiter.slot():
+            return await self._send(request, exchange, state, target, listener, body)
+
+    async def _send(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        state: State,
+        target: Target,
+        listener: RouteConfig | None,
+        body: RequestBody,
+    ) -> web.StreamResponse:
+        """Token and upstream call, then the relay of the answer."""
+        route = target.route
+        runtime = self._runtime
+        assert runtime.session is not None  # opened before the first request is accepted
         rules = state.headers[route.name]
         upstream = await send(
             runtime.session,
@@ -112,10 +136,14 @@ class Forwarder:
             client = ClientView(request.headers.get("Host") or f"127.0.0.1:{port}", listener, port)
             return await relay(request, exchange, upstream, route, client, state.links, rules)
 
-    def _answer(self, exchange: Exchange, error: ProxyError) -> web.Response:
+    def _answer(self, request: web.Request, exchange: Exchange, error: ProxyError) -> web.Response:
         """The proxy's own answer: a JSON error, recorded on the exchange like any response."""
         exchange.error = error.code
         response = to_response(error, request_id=exchange.request_id)
+        if not request.content.is_eof():
+            # The body was not read to its end: close rather than read (and wait for) the
+            # rest of it, which aiohttp would otherwise do for up to ten seconds.
+            response.force_close()
         exchange.respond(response.status, response.reason, response.headers.items())
         if exchange.response_capture is not None and isinstance(response.body, bytes):
             exchange.response_capture.add(response.body)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from .client_limits import ClientSlots
 from .config import Config
 from .errors import ProxyError
 from .exchange import Observers
@@ -40,6 +41,7 @@ class Runtime:
         self.draining = False
         # Requests in flight per route, for the whole process (a reload keeps counting).
         self.in_flight: dict[str, int] = {r.name: 0 for r in config.routes}
+        self.clients = ClientSlots()  # requests in flight per [access] client with a cap
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: list[TokenProvider] = []  # replaced by a reload, closed a bit later
 

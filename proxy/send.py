@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from .body import RequestBody
-from .errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
@@ -81,9 +81,11 @@ async def _call(
             allow_redirects=False,
             proxy=proxy,
         )
-    except PayloadTooLarge:
+    except ProxyError:  # the body's own failure (too large, paused), raised through the call
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
+        if body.failure is not None:
+            raise body.failure from None
         raise UpstreamTimeout(f"{name}: the upstream did not answer in time") from None
     except aiohttp.ClientConnectorCertificateError:
         raise UpstreamUnreachable(
@@ -95,7 +97,7 @@ async def _call(
             f"{e.os_error.strerror or 'connection failed'}"
         ) from None
     except aiohttp.ClientError as e:
-        if body.too_large:
-            raise PayloadTooLarge(f"{name}: the body is over the route's limit") from None
+        if body.failure is not None:  # the body stopped; the upstream request went with it
+            raise body.failure from None
         # Never str()/repr() the exception: some aiohttp errors carry the request headers.
         raise UpstreamUnreachable(f"{name}: upstream failed ({type(e).__name__})") from None

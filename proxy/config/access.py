@@ -16,7 +16,7 @@ from .route_options import method_set, str_list
 
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_CLIENT_KEYS = {"name", "key_sha256", "routes", "methods", "admin"}
+_CLIENT_KEYS = {"name", "key_sha256", "routes", "methods", "admin", "max_concurrency"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,7 @@ class AccessClient:
     routes: frozenset[str] | None = None
     methods: frozenset[str] | None = None
     admin: bool = False  # may open the debugging tap
+    max_concurrency: int | None = None  # its requests in flight at most; None: unlimited
 
     def __repr__(self) -> str:
         return f"AccessClient(name={self.name!r})"
@@ -109,6 +110,9 @@ def _client(
         routes = frozenset(listed)
     methods = method_set(t, path, p)
     admin = get(t, "admin", bool, path, p, False)
+    max_concurrency = get(t, "max_concurrency", int, path, p, None)
+    if max_concurrency is not None and max_concurrency < 1:
+        p.add(f"{path}.max_concurrency", f"must be 1 or more, got {max_concurrency}")
     if not name or not _HEX_SHA256.match(digest):
         return None
-    return AccessClient(name, bytes.fromhex(digest), routes, methods, admin)
+    return AccessClient(name, bytes.fromhex(digest), routes, methods, admin, max_concurrency)

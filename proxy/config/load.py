@@ -72,6 +72,7 @@ _SERVER_KEYS = {
     "shutdown_timeout",
     "workers",
     "event_loop",
+    "body_timeout",
 }
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
@@ -112,7 +113,17 @@ def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
         shutdown,
         workers,
         event_loop,
+        body_timeout=_seconds(t, "body_timeout", d.body_timeout, p),
     )
+
+
+def _seconds(t: Mapping[str, Any], key: str, default: float, p: Problems) -> float:
+    """A positive number of seconds under ``server``."""
+    value: float = get(t, key, float, "server", p, default)
+    if value <= 0:
+        p.add(f"server.{key}", "must be a positive number of seconds")
+        return default
+    return value
 
 
 _PROXY_VARS = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")

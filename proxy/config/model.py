@@ -40,6 +40,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     workers: int = 1
     event_loop: str = "auto"  # "auto" (uvloop when installed), "asyncio" or "uvloop"
+    body_timeout: float = 30.0  # seconds a request body may pause between two chunks
 
 
 @dataclass(frozen=True, slots=True)
