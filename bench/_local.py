@@ -4,6 +4,7 @@ identity provider (``proxy.testing``) and the CA bundle the proxies trust."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,7 +12,18 @@ from pathlib import Path
 
 import aiohttp
 import trustme
-from _harness import CLIENT_ID, CLIENT_SECRET, HOST, Procs, Route, proxy_toml
+from _harness import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    HOST,
+    Proc,
+    Procs,
+    Route,
+    child_env,
+    free_port,
+    proxy_toml,
+    wait_port,
+)
 
 from proxy.testing import IdentityProvider, LocalCA
 
@@ -51,6 +63,23 @@ class Local:
             )
         )
         return path
+
+    async def start_minimal(
+        self, upstream: str, scope: str, *, uvloop: bool = False
+    ) -> tuple[Proc, str]:
+        """bench/minimal_proxy.py in front of ``upstream``, with a real token for ``scope``."""
+        port = free_port()
+        argv = [sys.executable, "bench/minimal_proxy.py", str(port), upstream]
+        argv += ["--uvloop"] if uvloop else []
+        name = "minimal-uvloop" if uvloop else "minimal"
+        proc = await self.procs.start(
+            name,
+            argv,
+            log=self.tmp / f"{name}.log",
+            env=child_env(BENCH_TOKEN=await self.token(scope)),
+        )
+        await wait_port(port, proc)
+        return proc, f"http://{HOST}:{port}"
 
     async def token(self, scope: str) -> str:
         """A real token from the identity provider, so that the reference proxies inject a

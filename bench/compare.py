@@ -26,14 +26,12 @@ from _harness import (
     Route,
     WrkResult,
     WrkSettings,
-    child_env,
     ensure_debian_tools,
     free_port,
     nginx_upstream_conf,
     run_wrk,
     start_nginx,
     start_ppproxy,
-    wait_port,
 )
 from _local import local
 
@@ -76,14 +74,8 @@ async def run(args: argparse.Namespace) -> dict[str, list[WrkResult]]:
                 log = loc.tmp / f"{label.split()[0]}.log"
                 proc = await start_ppproxy(loc.procs, label, config, port, log, tree=tree)
                 urls[label] = (f"http://{HOST}:{port}", proc.pid)
-            port = free_port()
-            minimal = await loc.procs.start(
-                "minimal",
-                [sys.executable, "bench/minimal_proxy.py", str(port), upstream],
-                env=child_env(BENCH_TOKEN=await loc.token(SCOPE)),
-            )
-            await wait_port(port, minimal)
-            urls["minimal aiohttp proxy"] = (f"http://{HOST}:{port}", minimal.pid)
+            minimal, minimal_url = await loc.start_minimal(upstream, SCOPE)
+            urls["minimal aiohttp proxy"] = (minimal_url, minimal.pid)
             runs: dict[str, list[WrkResult]] = {label: [] for label in urls}
             for i in range(args.rounds):
                 print(f"compare: round {i + 1} of {args.rounds}", file=sys.stderr, flush=True)

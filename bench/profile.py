@@ -27,13 +27,11 @@ from _harness import (
     Proc,
     Route,
     WrkSettings,
-    child_env,
     free_port,
     nginx_upstream_conf,
     run_wrk,
     start_nginx,
     start_ppproxy,
-    wait_port,
 )
 from _local import Local, local
 
@@ -228,16 +226,8 @@ async def main_async(seconds: float, keep: Path | None) -> str:
         )
         await loc.procs.stop(proxy)
 
-        port = free_port()
-        minimal = await loc.procs.start(
-            "minimal",
-            [sys.executable, "bench/minimal_proxy.py", str(port), upstream],
-            env=child_env(BENCH_TOKEN=await loc.token(scope)),
-        )
-        await wait_port(port, minimal)
-        reference = await profile_one(
-            loc, "minimal", minimal, f"http://{HOST}:{port}{path}", seconds, keep
-        )
+        minimal, minimal_url = await loc.start_minimal(upstream, scope)
+        reference = await profile_one(loc, "minimal", minimal, minimal_url + path, seconds, keep)
         return summarize([ppproxy, reference])
 
 

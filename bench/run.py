@@ -33,7 +33,6 @@ from _harness import (
     Route,
     WrkResult,
     WrkSettings,
-    child_env,
     count_request_events,
     ensure_debian_tools,
     free_port,
@@ -133,17 +132,10 @@ class Bench:
             self.configs[name] = config.read_text().replace(str(self.loc.tmp), "$TMP")
         return proc, f"http://{HOST}:{port}", log
 
-    async def minimal(self, token: str, *, uvloop: bool = False) -> tuple[Proc, str]:
-        port = free_port()
-        argv = [sys.executable, "bench/minimal_proxy.py", str(port), self.upstream]
-        argv += ["--uvloop"] if uvloop else []
-        name = "minimal-uvloop" if uvloop else "minimal"
-        proc = await self.loc.procs.start(
-            name, argv, log=self.loc.tmp / f"{name}.log", env=child_env(BENCH_TOKEN=token)
-        )
-        await wait_port(port, proc)
+    async def minimal(self, *, uvloop: bool = False) -> tuple[Proc, str]:
+        proc, url = await self.loc.start_minimal(self.upstream, SCOPE, uvloop=uvloop)
         self.commands.append("BENCH_TOKEN=<token> " + _shown(proc.argv, self.loc))
-        return proc, f"http://{HOST}:{port}"
+        return proc, url
 
     async def throughput(self, report: Report) -> None:
         """The wrk rows, in interleaved rounds, then the paced 200 req/s runs. Each Python
@@ -155,12 +147,12 @@ class Bench:
         tapped, tapped_url, _ = await self.ppproxy(
             "ppproxy-tap", route, tap=True, event_loop="asyncio"
         )
-        token = await self.loc.token(SCOPE)
-        minimal, minimal_url = await self.minimal(token)
+        minimal, minimal_url = await self.minimal()
+        token = await self.loc.token(SCOPE)  # nginx proxy_pass injects a real one, as ppproxy
         uv_rows: list[tuple[str, str, Proc, str]] = []
         if importlib.util.find_spec("uvloop") is not None:
             uv, uv_url, _ = await self.ppproxy("ppproxy-uvloop", route, event_loop="uvloop")
-            uv_minimal, uv_minimal_url = await self.minimal(token, uvloop=True)
+            uv_minimal, uv_minimal_url = await self.minimal(uvloop=True)
             uv_rows = [
                 (W1_UVLOOP, uv_url, uv, "server.event_loop = uvloop"),
                 (MINIMAL_UVLOOP, uv_minimal_url, uv_minimal, "the same proxy on uvloop"),

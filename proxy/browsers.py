@@ -25,23 +25,31 @@ def host_name(value: str) -> str | None:
 
 
 def allowed_hosts(server: ServerConfig) -> frozenset[str]:
-    """The loopback names plus ``server.allowed_hosts``, as ``host_name`` returns them."""
-    return LOOPBACK_HOSTS | {h.strip().strip("[]").lower() for h in server.allowed_hosts}
+    """The loopback names plus ``server.allowed_hosts`` and the host of ``server.public_url``,
+    as ``host_name`` returns them."""
+    names = {h.strip().strip("[]").lower() for h in server.allowed_hosts}
+    if server.public_url:
+        names.add((urlsplit(server.public_url).hostname or "").lower())
+    return LOOPBACK_HOSTS | names
 
 
-def check_browser(headers: Mapping[str, str], allowed: frozenset[str]) -> None:
+def check_browser(
+    headers: Mapping[str, str], allowed: frozenset[str], forwarded_hosts: tuple[str, ...] = ()
+) -> None:
     """403 unless ``Host`` is allowed and the request is not from another site's page.
 
     The Host check stops DNS rebinding: a page on evil.example whose name now resolves to
-    127.0.0.1 still sends ``Host: evil.example``. Origin and Sec-Fetch-Site stop a page
-    from driving the proxy with a plain cross-site request.
+    127.0.0.1 still sends ``Host: evil.example``. Behind a trusted reverse proxy the name the
+    client used arrives in ``Forwarded`` / ``X-Forwarded-Host`` (``forwarded_hosts``): each of
+    those must be allowed too, as must the Host the proxy in front wrote. Origin and
+    Sec-Fetch-Site stop a page from driving the proxy with a plain cross-site request.
     """
-    host = host_name(headers.get("Host", ""))
-    if host not in allowed:
-        raise HostNotAllowed(
-            f"Host {headers.get('Host', '')[:100]!r} is not allowed; add its name to "
-            "server.allowed_hosts if this proxy is meant to be reached by that name"
-        )
+    for value in (headers.get("Host", ""), *forwarded_hosts):
+        if host_name(value) not in allowed:
+            raise HostNotAllowed(
+                f"Host {value[:100]!r} is not allowed; add its name to "
+                "server.allowed_hosts if this proxy is meant to be reached by that name"
+            )
     origin = headers.get("Origin")
     if origin is not None:
         try:

@@ -13,13 +13,14 @@ from typing import TextIO
 
 import structlog
 
-from . import __version__, commands, demo, observe, workers
+from . import __version__, ca_command, commands, demo, observe, workers
 from .access import anonymous_warning, exposure_problem, new_key
 from .app import create_app
 from .config import Config, from_dict, load
 from .errors import ConfigError
 from .identity import msal_provider, warn_about_literal_secrets
 from .server import run, run_until_stopped
+from .tls import TlsError
 from .tokens import TokenError
 
 log = structlog.get_logger("proxy")
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tap", action="store_true", help="turn the debugging tap on")
     sub.add_parser("keygen", help="print a new client key and its key_sha256 for [access]")
     commands.add_commands(sub, common, config_help)
+    ca_command.add_parser(sub, config_help)
     return parser
 
 
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     if args.command == "keygen":
         return keygen(sys.stdout, sys.stderr)
+    if args.command == "ca":
+        return ca_command.run(args, _config_path(args.config), env, sys.stdout, sys.stderr)
     observe.configure(args.log_level)
     if args.command == "demo":
         return demo.main(args.port, tap=args.tap)
@@ -109,13 +113,20 @@ class ConfigSource:
         return _with_tap(config, on=self.tap, file=self.tap_file)
 
 
-def _load(path: Path | None, env: Mapping[str, str]) -> Config:
+def _config_path(path: Path | None) -> Path | None:
+    """``--config``, else ./proxy.toml when it exists, else None (the environment)."""
     if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = Path(DEFAULT_CONFIG)
+        return Path(DEFAULT_CONFIG)
+    return path
+
+
+def _load(path: Path | None, env: Mapping[str, str]) -> Config:
+    path = _config_path(path)
     if path is None:
         return from_dict({}, env, base_dir=Path.cwd())
     config = load(path, env)
-    warn_about_literal_secrets(path, config.identities)
+    tls = config.server.tls
+    warn_about_literal_secrets(path, config.identities, tls.literal_secrets if tls else ())
     return config
 
 
@@ -158,6 +169,11 @@ def serve(
     if warning is not None:
         log.warning("server.anonymous_remote", warning=f"WARNING: {warning}")
     try:
+        ca_command.prepare_serve(config, sys.stderr)
+    except TlsError as e:
+        print(f"ppproxy: server.tls: {e}", file=sys.stderr)
+        return 2
+    try:
         if config.server.workers > 1:
             if config.server.port == 0 or any(r.port == 0 for r in config.routes):
                 print("ppproxy: server.workers > 1 needs fixed ports, not 0", file=sys.stderr)
@@ -175,6 +191,9 @@ def serve(
         )
     except KeyboardInterrupt:  # Windows delivers Ctrl+C this way
         pass
+    except TlsError as e:  # the files changed since the configuration was checked
+        print(f"ppproxy: server TLS: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         log.error(
             "server.bind_failed", host=config.server.host, port=config.server.port, error=e.strerror

@@ -150,6 +150,62 @@ def _pem(
     return key, certs
 
 
+class ServerPairError(CredentialError):
+    """A listener's certificate and key cannot be used; ``key`` names the [server] key at
+    fault (``tls_cert``, ``tls_key`` or ``tls_key_password``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def check_server_pair(cert: Path, key: Path | None, password: str | None) -> x509.Certificate:
+    """The leaf of the PEM chain in ``cert``, checked against the private key in ``key`` (or in
+    ``cert`` when None) as OpenSSL will use them: the leaf first, then its issuers."""
+    key = key or cert
+    try:
+        chain_pem, key_pem = cert.read_bytes(), key.read_bytes()
+    except OSError as e:
+        raise ServerPairError(
+            "tls_cert", f"cannot read {e.filename}: {e.strerror or type(e).__name__}"
+        ) from None
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise ServerPairError("tls_cert", f"{cert} holds no PEM certificate") from None
+    match = _PEM_KEY.search(key_pem)
+    if match is None:
+        raise ServerPairError("tls_key", f"{key} holds no PEM private key")
+    try:
+        private = serialization.load_pem_private_key(
+            match.group(0), password.encode() if password else None
+        )
+    except TypeError:  # encrypted without a password, or a password for a plain key
+        raise ServerPairError(
+            "tls_key_password",
+            f"{key}: the private key is encrypted; give tls_key_password or tls_key_password_file"
+            if password is None
+            else f"{key}: the private key is not encrypted; remove the password",
+        ) from None
+    except ValueError:
+        raise ServerPairError(
+            "tls_key_password", f"{key}: cannot read the private key (wrong password?)"
+        ) from None
+    if _spki(chain[0].public_key()) != _spki(private.public_key()):
+        raise ServerPairError(
+            "tls_key",
+            f"{key} is not the key of the first certificate in {cert} "
+            "(the server's own certificate must come first, then its issuers)",
+        )
+    return chain[0]
+
+
+def _spki(public: object) -> bytes:
+    return public.public_bytes(  # type: ignore[attr-defined, no-any-return]  # every key type
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def readable_by_others(path: Path) -> bool:
     """Whether group or others may read ``path`` (POSIX); False where that cannot be told."""
     if os.name != "posix":

@@ -23,7 +23,7 @@ from .config import RouteConfig
 from .errors import NoRoute, ProxyError, to_response
 from .exchange import KEY, Exchange
 from .relay import relay
-from .rewrite import ClientView, add_default_query
+from .rewrite import add_default_query
 from .routing import Target
 from .runtime import Runtime
 from .send import send
@@ -128,12 +128,12 @@ class Forwarder:
             state.providers[route.identity],
             state.upstream_proxies[route.name],
             rules,
+            trusted_proxy=state.addresses.forwarding(request).trusted,
         )
         async with upstream:
             exchange.respond(upstream.status, upstream.reason, upstream.headers.items())
             runtime.observers.response_started(exchange)
-            port = state.config.server.port
-            client = ClientView(request.headers.get("Host") or f"127.0.0.1:{port}", listener, port)
+            client = state.addresses.view(request, listener)
             return await relay(request, exchange, upstream, route, client, state.links, rules)
 
     def _answer(self, request: web.Request, exchange: Exchange, error: ProxyError) -> web.Response:

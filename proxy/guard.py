@@ -123,7 +123,8 @@ def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web
     if path != paths.METRICS or peer_is_loopback(request):
         # A scraper reaches a pod by its IP, which no allowlist can name; the Host check
         # exists for browsers on this machine (DNS rebinding), whose peer is loopback.
-        check_browser(request.headers, state.allowed_hosts)
+        forwarded = state.addresses.forwarding(request)
+        check_browser(request.headers, state.allowed_hosts, forwarded.hosts)
     settings = state.config.access
     if not settings.enabled:
         return None, request

@@ -28,6 +28,9 @@ HOP_BY_HOP = frozenset(
 # Expect was answered by the proxy, Authorization is replaced by the route's token, and the
 # client's cookies belong to the client.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "authorization", "cookie", "content-length"}
+# What a proxy in front says about the client's request: passed on only from a peer in
+# server.trusted_proxies (public_address.py); from anyone else it is a claim, not a fact.
+FORWARDING = frozenset({"forwarded", "x-forwarded-proto", "x-forwarded-host"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 REQUEST_ID = "x-ms-client-request-id"
@@ -53,12 +56,21 @@ class HeaderRules:
     """What a route does to headers, both ways: hygiene, then its edits (which can never touch
     Authorization or Host: the configuration refuses them)."""
 
-    __slots__ = ("_request_drop", "_request_set", "_response_drop", "_response_set")
+    __slots__ = (
+        "_request_default",
+        "_request_drop",
+        "_request_drop_forwarded",
+        "_request_set",
+        "_response_drop",
+        "_response_set",
+    )
 
     def __init__(self, edits: RouteEdits | None = None) -> None:
         edits = edits or RouteEdits()
-        self._request_drop = _REQUEST_DROP | edits.remove_request_headers
+        self._request_drop_forwarded = _REQUEST_DROP | edits.remove_request_headers
+        self._request_drop = self._request_drop_forwarded | FORWARDING
         self._request_set = tuple(edits.set_request_headers.items())
+        self._request_default = tuple(edits.default_request_headers.items())
         self._response_drop = _RESPONSE_DROP | edits.remove_response_headers
         self._response_set = tuple(edits.set_response_headers.items())
 
@@ -69,11 +81,16 @@ class HeaderRules:
         token: str,
         request_id: str,
         content_length: str | None,
+        trusted_proxy: bool = False,
     ) -> CIMultiDict[str]:
-        """The headers to send upstream: cleaned, edited, the token and request id set."""
-        out = _kept(incoming, self._request_drop)
+        """The headers to send upstream: cleaned, edited, the token and request id set. The
+        forwarding headers stay only when ``trusted_proxy`` sent them."""
+        out = _kept(incoming, self._request_drop_forwarded if trusted_proxy else self._request_drop)
         for name, value in self._request_set:
             out[name] = value
+        for name, value in self._request_default:
+            if name not in out:  # only where the client sent none
+                out[name] = value
         if content_length is not None:
             out["Content-Length"] = content_length
         out["Authorization"] = f"Bearer {token}"

@@ -132,8 +132,8 @@ async def _relay_json(
     if held and exchange.response_capture is not None:
         exchange.response_capture.add(held)
     if reason is None:
-        body = links.rewrite_json(held, client, route)
-        response.headers[REWRITE_HEADER] = "rewritten"
+        body, rewritten = links.rewrite_json(held, client, route)
+        response.headers[REWRITE_HEADER] = "rewritten" if rewritten else "unchanged"
         response.content_length = len(body)
         await response.prepare(request)
         await response.write(body)

@@ -1,8 +1,9 @@
 """URLs handed back by the API, rewritten to the proxy so that a tool that follows them
 (long-running operations, paging) keeps going through the proxy.
 
-The proxy's own address is the one the client used: its Host header and the listener it
-reached, never a guess.
+The proxy's own address is the one the client used (``public_address.PublicAddress`` finds
+it): its scheme, host and the listener it reached, never a guess. Relative links
+(``"Accounts?$skiptoken=3"``) already resolve against the client's URL and are left alone.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from yarl import URL
 from .config import RouteConfig
 
 # Response headers that carry URLs to poll or follow (BAP and Power Platform long-running
-# operations answer 202 with Location / Operation-Location / Azure-AsyncOperation).
-LINK_HEADERS = ("Location", "Content-Location", "Operation-Location", "Azure-AsyncOperation")
+# operations answer 202 with Location / Operation-Location / Azure-AsyncOperation; Dataverse
+# names a created record in OData-EntityId, where SDKs read its id from).
+LINK_HEADERS = (
+    "Location",
+    "Content-Location",
+    "Operation-Location",
+    "Azure-AsyncOperation",
+    "OData-EntityId",
+)
 REWRITE_HEADER = "X-Ppproxy-Links"
 
 # A JSON string literal holding an absolute http(s) URL (slashes possibly escaped as \/).
@@ -37,9 +45,13 @@ class _Upstream:
 class ClientView:
     """How the client reached the proxy: what to put in rewritten URLs."""
 
-    host: str  # the Host header as sent, e.g. "localhost:8080"
+    host: str  # as the client wrote it, e.g. "localhost:8080" (its Host, or from in front)
     listener: RouteConfig | None  # the route whose own port was reached; None: main listener
     main_port: int
+    scheme: str = "http"  # "https" on a TLS listener, or as the proxy in front says
+    # The address is one in front of the proxy (public_url, Forwarded): the proxy's own ports
+    # mean nothing there, so every route is reached through its prefix.
+    behind_proxy: bool = False
 
 
 class LinkRewriter:
@@ -56,19 +68,18 @@ class LinkRewriter:
 
     def public_base(self, route: RouteConfig, client: ClientView) -> str:
         """The proxy URL that stands for ``route``'s upstream base, as this client sees it."""
+        origin = f"{client.scheme}://{client.host}"
         if client.listener is not None and client.listener.name == route.name:
-            return f"http://{client.host}"
+            return origin
+        prefix = "" if route.prefix == "/" else route.prefix
+        if client.behind_proxy or (client.listener is None and route.port is None):
+            return origin + prefix
         hostname = URL(f"http://{client.host}").raw_host or "localhost"
         if ":" in hostname:
             hostname = f"[{hostname}]"
-        if client.listener is None:
-            prefix = "" if route.prefix == "/" else route.prefix
-            if route.port is None:
-                return f"http://{client.host}{prefix}"
         if route.port is not None:
-            return f"http://{hostname}:{route.port}"
-        prefix = "" if route.prefix == "/" else route.prefix
-        return f"http://{hostname}:{client.main_port}{prefix}"
+            return f"{client.scheme}://{hostname}:{route.port}"
+        return f"{client.scheme}://{hostname}:{client.main_port}{prefix}"
 
     def rewrite(self, value: str, client: ClientView, current: RouteConfig) -> str:
         """``value`` pointed at the proxy if it is a URL of a configured upstream."""
@@ -101,19 +112,24 @@ class LinkRewriter:
             return ("" if route.prefix == "/" else route.prefix) + (rest or "/")
         return rest or "/"
 
-    def rewrite_json(self, body: bytes, client: ClientView, current: RouteConfig) -> bytes:
-        """``body`` with every JSON string that is an upstream URL rewritten; all other bytes
-        (whitespace, number formats, escapes) stay exactly as they were."""
+    def rewrite_json(
+        self, body: bytes, client: ClientView, current: RouteConfig
+    ) -> tuple[bytes, int]:
+        """``body`` with every JSON string that is an upstream URL rewritten, and how many
+        were; all other bytes (whitespace, number formats, escapes) stay exactly as they were."""
+        count = 0
 
         def one(m: re.Match[bytes]) -> bytes:
+            nonlocal count
             literal = m.group(0)
             value = json.loads(literal)
             new = self.rewrite(value, client, current)
             if new == value:
                 return literal
+            count += 1
             return json.dumps(new, ensure_ascii=False).encode("utf-8")
 
-        return _JSON_URL.sub(one, body)
+        return _JSON_URL.sub(one, body), count
 
 
 def _under(path: str, base: str) -> bool:

@@ -21,6 +21,7 @@ from .errors import ProxyError
 from .exchange import Observers
 from .metrics import Snapshot
 from .state import State
+from .tls import ListenerTLS, TlsError
 from .tokens import TokenError, TokenProvider
 
 log = structlog.get_logger("proxy")
@@ -36,6 +37,9 @@ class Runtime:
     ) -> None:
         self._given = dict(given or {})
         self.state = State.build(config, given=self._given)
+        # The listeners' certificate: loaded (for tls = "local", made) before the port is bound.
+        tls = config.server.tls
+        self.tls = ListenerTLS(tls) if tls is not None else None
         self.observers = observers
         self.session: aiohttp.ClientSession | None = None  # opened and closed by the app
         self.draining = False
@@ -62,7 +66,8 @@ class Runtime:
                 self.spawn(_warm(state.providers[identity], scope))
 
     async def reload(self, new: Config) -> list[str]:
-        """Serve ``new`` from now on: routes, identities, tokens settings, access and policies.
+        """Serve ``new`` from now on: routes, identities, tokens settings, access and policies,
+        and the listeners' certificate (its files read again) for new connections.
 
         Identities that did not change keep their provider and tokens; the others are closed
         once in-flight requests had ``server.shutdown_timeout`` to finish. Returns why the
@@ -72,6 +77,11 @@ class Runtime:
         changed = fixed_settings_changed(old.config, new)
         if changed:
             return [f"{what} changed: restart the proxy for that" for what in changed]
+        if self.tls is not None and new.server.tls is not None:
+            try:
+                self.tls.reload(new.server.tls)
+            except TlsError as e:
+                return [f"server TLS: {e}"]
         self.state = state = State.build(new, previous=old, given=self._given)
         for route in new.routes:
             self.in_flight.setdefault(route.name, 0)
@@ -127,6 +137,8 @@ def fixed_settings_changed(old: Config, new: Config) -> list[str]:
         new.server.workers,
     ):
         changed.append("server.host, server.port or server.workers")
+    if (old.server.tls is None) != (new.server.tls is None):
+        changed.append("TLS on or off (server.tls, server.tls_cert)")
     if {r.name: r.port for r in old.routes if r.port} != {
         r.name: r.port for r in new.routes if r.port
     }:

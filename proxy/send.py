@@ -29,16 +29,21 @@ async def send(
     provider: TokenProvider,
     proxy: str | None,
     headers: HeaderRules,
+    *,
+    trusted_proxy: bool = False,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
-    with the route's token, ``headers`` rules and outbound ``proxy``."""
+    with the route's token, ``headers`` rules and outbound ``proxy``; ``trusted_proxy``: the
+    request came through a trusted proxy, whose forwarding headers go upstream too."""
     scope = target.route.scope
     waited = time.perf_counter()
     token = await provider.token(scope)
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
     sent = time.perf_counter()
-    upstream = await _call(session, request, exchange, target, body, token, proxy, headers)
+    upstream = await _call(
+        session, request, exchange, target, body, token, proxy, headers, trusted_proxy
+    )
     if upstream.status == 401 and body.replayable:
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
         # one, get a fresh one and try once more. Never twice.
@@ -46,7 +51,9 @@ async def send(
         provider.invalidate(token)
         token = await provider.token(scope)
         exchange.retried_401 = True
-        upstream = await _call(session, request, exchange, target, body, token, proxy, headers)
+        upstream = await _call(
+            session, request, exchange, target, body, token, proxy, headers, trusted_proxy
+        )
     exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
     return upstream
 
@@ -60,6 +67,7 @@ async def _call(
     token: Token,
     proxy: str | None,
     rules: HeaderRules,
+    trusted_proxy: bool,
 ) -> aiohttp.ClientResponse:
     route = target.route
     headers = rules.request(
@@ -67,6 +75,7 @@ async def _call(
         token=token.value,
         request_id=exchange.request_id,
         content_length=body.content_length,
+        trusted_proxy=trusted_proxy,
     )
     exchange.upstream_url = target.url
     exchange.upstream_headers = headers.items()  # only redacting observers read these

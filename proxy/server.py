@@ -101,16 +101,22 @@ def runner_for(app: web.Application) -> web.AppRunner:
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False) -> str:
-    """Open the main listener on ``host:port`` and every route's own port; the main address."""
+    """Open the main listener on ``host:port`` and every route's own port (all of them HTTPS
+    when [server] has TLS); the main address."""
     reuse = reuse_port or None
-    await web.TCPSite(runner, host, port, reuse_port=reuse).start()
-    address = _address(runner.addresses[0])
+    tls = runner.app[RUNTIME].tls
+    context = tls.context if tls is not None else None
+    scheme = "http" if tls is None else "https"
+    await web.TCPSite(runner, host, port, reuse_port=reuse, ssl_context=context).start()
+    address = _address(scheme, runner.addresses[0])
     loop = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]  # asyncio or uvloop
     log.info("server.listening", address=address, event_loop=loop)
     for route in runner.app[RUNTIME].state.config.routes:
         if route.port is not None:  # the route's own listener: no prefix needed there
-            await web.TCPSite(runner, host, route.port, reuse_port=reuse).start()
-            log.info("server.listening", address=_address((host, route.port)), route=route.name)
+            site = web.TCPSite(runner, host, route.port, reuse_port=reuse, ssl_context=context)
+            await site.start()
+            own = _address(scheme, (host, route.port))
+            log.info("server.listening", address=own, route=route.name)
     return address
 
 
@@ -129,6 +135,6 @@ async def _reload(app: web.Application, load_config: Callable[[], Config]) -> No
         log.info("config.reloaded", routes=[r.name for r in new.routes])
 
 
-def _address(sockname: Any) -> str:
+def _address(scheme: str, sockname: Any) -> str:
     host, port = sockname[0], sockname[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

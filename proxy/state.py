@@ -15,6 +15,7 @@ from .headers import HeaderRules
 from .identity import msal_provider
 from .limits import Limiter
 from .policy import Policy, policies
+from .public_address import PublicAddress
 from .rewrite import LinkRewriter
 from .routing import Resolver
 from .tokens import CachingProvider, TokenProvider
@@ -33,6 +34,7 @@ class State:
     upstream_proxies: Mapping[str, str | None]  # route name -> outbound proxy, decided once
     allowed_hosts: frozenset[str]  # Host/Origin names accepted
     headers: Mapping[str, HeaderRules]  # route name -> header hygiene and edits
+    addresses: PublicAddress  # the scheme and host clients use (public_url, trusted proxies)
 
     @classmethod
     def build(
@@ -57,6 +59,7 @@ class State:
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),
             headers={r.name: HeaderRules(r.edits) for r in routes},
+            addresses=PublicAddress(config.server),
         )
 
     def scopes(self) -> dict[str, list[str]]:

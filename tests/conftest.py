@@ -6,6 +6,7 @@ Everything is a real server on 127.0.0.1; nothing in MSAL or aiohttp is mocked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -43,6 +44,37 @@ def ca_file(ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def idp(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
     async with IdentityProvider(ca, clients={CLIENT: SECRET}) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def idp_on_443(
+    ca: LocalCA, *, public_client: str, users: Mapping[str, str]
+) -> AsyncIterator[IdentityProvider]:
+    """The provider on port 443, for the password grant: MSAL's user-realm lookup ignores the
+    authority's port. Skips the test when the port cannot be bound."""
+    server = IdentityProvider(ca, port=443)
+    server.public_clients.add(public_client)
+    server.users.update(users)
+    try:
+        await server.start()
+    except OSError as e:
+        pytest.skip(f"the password grant needs 127.0.0.1:443 for MSAL's user-realm lookup: {e}")
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def from_peer(app: web.Application, remote: str) -> web.Application:
+    """``app`` seeing every request as coming from ``remote``, as a listener on another address
+    (or a dual-stack one) would report it; the middleware runs before the guard."""
+
+    @web.middleware
+    async def remote_is(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request.clone(remote=remote))  # type: ignore[no-any-return]
+
+    app.middlewares.insert(0, remote_is)
+    return app
 
 
 @pytest.fixture

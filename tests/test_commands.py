@@ -20,7 +20,7 @@ from proxy.commands import DEVICE_CODE_CLIENT_ID, describe_token
 from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing.bap import AdminApplications
 
-from .conftest import CLIENT, SECRET
+from .conftest import CLIENT, SECRET, idp_on_443
 
 USER, PASSWORD = "admin@contoso.test", "admin-password"
 PUBLIC_CLIENT = "public-client"
@@ -217,17 +217,8 @@ async def test_register_app_refuses_a_cleartext_remote_bap_url(
 
 @pytest.fixture
 async def idp443(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
-    server = IdentityProvider(ca, port=443)
-    server.public_clients.add(PUBLIC_CLIENT)
-    server.users[USER] = PASSWORD
-    try:
-        await server.start()
-    except OSError as e:
-        pytest.skip(f"the password grant needs 127.0.0.1:443 for MSAL's user-realm lookup: {e}")
-    try:
+    async with idp_on_443(ca, public_client=PUBLIC_CLIENT, users={USER: PASSWORD}) as server:
         yield server
-    finally:
-        await server.close()
 
 
 async def test_register_app_with_the_identity_s_username_and_password(

@@ -38,8 +38,12 @@ def test_example_file_loads() -> None:
     names = [r.name for r in cfg.routes]
     assert names == ["powerapps", "bap", "flow", "powerplatform", "dataverse"]
     dataverse = cfg.routes[-1]
-    assert dataverse.upstream == "https://contoso.crm.dynamics.com/api/data/v9.2"
+    # The origin: SDKs add /api/data/v9.2 themselves, and keep their own Prefer.
+    assert dataverse.upstream == "https://contoso.crm.dynamics.com"
     assert dataverse.scope == "https://contoso.crm.dynamics.com/.default"
+    assert dataverse.edits.default_request_headers == {"Prefer": "odata.maxpagesize=500"}
+    assert not dataverse.edits.set_request_headers
+    assert cfg.server.tls is None
 
 
 def test_defaults() -> None:

@@ -640,8 +640,8 @@ async def test_microsofts_python_sdk_runs_against_the_stand_in(
 ) -> None:
     """CRUD, paging and a batch with a change set through powerplatform-dataverse-client.
 
-    Skipped unless that package is installed: it is not a project dependency (it pulls in
-    pandas). It insists on https and trusts REQUESTS_CA_BUNDLE only.
+    The package is in the ``test`` extra (the skip is for a bare ``testing`` install). It
+    insists on https and trusts REQUESTS_CA_BUNDLE only.
     """
     client_module = pytest.importorskip("PowerPlatform.Dataverse.client")
     credentials = pytest.importorskip("azure.core.credentials")

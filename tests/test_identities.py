@@ -22,7 +22,7 @@ from proxy.testing.credentials import ClientCertificate, WorkloadIssuer
 from proxy.testing.msi import SYSTEM_ASSIGNED_CLIENT_ID, ManagedIdentityEndpoint
 from proxy.tokens import TokenError
 
-from .conftest import CLIENT, SECRET, StartProxy, events
+from .conftest import CLIENT, SECRET, StartProxy, events, idp_on_443
 
 USER, PASSWORD = "admin@contoso.test", "correct horse battery staple"
 PUBLIC_CLIENT = "public-client"
@@ -199,18 +199,8 @@ async def test_client_secret_file_is_reread_for_every_token(
 
 @pytest.fixture
 async def idp443(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
-    """The provider on port 443: MSAL's user-realm lookup ignores the authority's port."""
-    server = IdentityProvider(ca, port=443)
-    server.public_clients.add(PUBLIC_CLIENT)
-    server.users[USER] = PASSWORD
-    try:
-        await server.start()
-    except OSError as e:
-        pytest.skip(f"the password grant needs 127.0.0.1:443 for MSAL's user-realm lookup: {e}")
-    try:
+    async with idp_on_443(ca, public_client=PUBLIC_CLIENT, users={USER: PASSWORD}) as server:
         yield server
-    finally:
-        await server.close()
 
 
 async def test_username_password_gets_a_user_token(

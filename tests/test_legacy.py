@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from proxy.config import ConfigError, loads
 
@@ -317,3 +318,98 @@ def test_route_ports_must_be_distinct() -> None:
         loads(text, {})
     assert "routes[1].port: 9001 is also used by routes[0]" in info.value.problems
     assert "routes[2].port: 9000 is server.port; a route needs its own port" in info.value.problems
+
+
+async def test_default_request_headers_fill_only_what_the_client_did_not_send(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """default_request_headers leaves the client's own value; set_request_headers replaces it."""
+    seen: list[web.Request] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request)
+        return web.Response(text="ok")
+
+    async with upstream(handler) as url:
+        route = {
+            "name": "u",
+            "prefix": "/u",
+            "upstream": url,
+            "default_request_headers": {"Prefer": "odata.maxpagesize=500"},
+            "set_request_headers": {"X-Set": "proxy"},
+        }
+        proxy = await start_proxy([route])
+        async with client.get(f"{proxy.url}/u/a", headers={"X-Set": "client"}) as resp:
+            assert resp.status == 200
+        async with client.get(
+            f"{proxy.url}/u/b", headers={"prefer": "odata.maxpagesize=2", "X-Set": "client"}
+        ) as resp:
+            assert resp.status == 200
+    defaulted, kept = seen
+    assert defaulted.headers.getall("Prefer") == ["odata.maxpagesize=500"]
+    assert kept.headers.getall("Prefer") == ["odata.maxpagesize=2"]
+    assert defaulted.headers.getall("X-Set") == kept.headers.getall("X-Set") == ["proxy"]
+
+
+def test_a_header_cannot_be_both_set_and_defaulted() -> None:
+    text = (
+        '[identities.d]\ntenant_id="t"\nclient_id="c"\nclient_secret="s"\n'
+        '[[routes]]\npreset="bap"\nset_request_headers = { Prefer = "a" }\n'
+        'default_request_headers = { prefer = "b", Authorization = "x" }\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        loads(text, {})
+    assert info.value.problems == (
+        "routes[0].default_request_headers: Authorization cannot be changed this way",
+        "routes[0].default_request_headers: prefer is in set_request_headers too: set replaces "
+        "the client's value, default fills it only when missing; keep one",
+    )
+
+
+async def test_odata_entity_id_points_at_the_proxy(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """SDKs read a created record's id from OData-EntityId, and may follow it."""
+    base = ""
+
+    async def created(request: web.Request) -> web.Response:
+        entity = f"{base}/api/data/v9.2/accounts(00000000-0000-0000-0000-000000000001)"
+        return web.Response(status=204, headers={"OData-EntityId": entity, "Location": entity})
+
+    async with upstream(created) as url:
+        base = url
+        proxy = await start_proxy([{"name": "dv", "prefix": "/dv", "upstream": url}])
+        async with client.post(f"{proxy.url}/dv/api/data/v9.2/accounts", json={}) as resp:
+            entity = f"{proxy.url}/dv/api/data/v9.2/accounts(00000000-0000-0000-0000-000000000001)"
+            assert resp.headers["OData-EntityId"] == entity
+            assert resp.headers["Location"] == entity
+
+
+async def test_relative_links_and_bodies_without_upstream_urls_are_left_alone(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """Relative nextLinks (as SAP CAP sends them) resolve against the proxy's URL by
+    themselves; the body passes byte for byte and X-Ppproxy-Links says unchanged."""
+    bodies: dict[str, bytes] = {}
+
+    async def pages(request: web.Request) -> web.Response:
+        page = int(request.query.get("$skiptoken", "1"))
+        link = f', "@odata.nextLink": "Accounts?$skiptoken={page + 1}"' if page < 3 else ""
+        body = f'{{"value": [{{"ID": {page}, "url": "https://elsewhere.example/x"}}]{link}}}'
+        bodies[str(page)] = body.encode()
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    async with upstream(pages) as url:
+        route = {"name": "cap", "prefix": "/cap", "upstream": url, "rewrite_links": True}
+        proxy = await start_proxy([route])
+        ids, next_url = [], f"{proxy.url}/cap/odata/v4/Accounts"
+        while next_url:
+            async with client.get(next_url) as resp:
+                assert resp.headers["X-Ppproxy-Links"] == "unchanged"
+                raw = await resp.read()
+            page = json.loads(raw)
+            assert raw == bodies[str(page["value"][0]["ID"])]
+            ids.append(page["value"][0]["ID"])
+            link = page.get("@odata.nextLink")
+            next_url = str(resp.url.join(URL(link))) if link else ""
+    assert ids == [1, 2, 3]

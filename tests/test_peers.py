@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +16,7 @@ from proxy.config import from_dict
 from proxy.peers import is_loopback
 from proxy.testing import EchoUpstream, IdentityProvider
 
-from .conftest import config_dict, serve_app
+from .conftest import config_dict, from_peer, serve_app
 
 MAPPED = "::ffff:127.0.0.1"
 
@@ -62,13 +61,7 @@ async def start_from(
     async def start(remote: str) -> str:
         routes = [{"name": "echo", "prefix": "/echo", "upstream": echo.url}]
         raw = config_dict(idp, ca_file, routes, tap={"enabled": True})
-        app = create_app(from_dict(raw, {}, base_dir=Path.cwd()))
-
-        @web.middleware
-        async def from_peer(request: web.Request, handler: Any) -> web.StreamResponse:
-            return await handler(request.clone(remote=remote))  # type: ignore[no-any-return]
-
-        app.middlewares.insert(0, from_peer)
+        app = from_peer(create_app(from_dict(raw, {}, base_dir=Path.cwd())), remote)
         runner, url = await serve_app(app)
         runners.append(runner)
         return url

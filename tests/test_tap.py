@@ -29,7 +29,7 @@ from proxy.jwt_unverified import summary as claims_summary
 from proxy.tap.capture import body_record
 from proxy.testing import EchoUpstream, IdentityProvider, pattern_sha256
 
-from .conftest import Proxy, StartProxy, config_dict, serve_app
+from .conftest import Proxy, StartProxy, config_dict, from_peer, serve_app
 from .processes import free_port, read_until, spawn
 
 TAP_ON = {"enabled": True}
@@ -637,12 +637,7 @@ async def start_custom(
         )
         app = create_app(config)
         if remote is not None:
-
-            @web.middleware
-            async def from_elsewhere(request: web.Request, handler: Any) -> web.StreamResponse:
-                return await handler(request.clone(remote=remote))  # type: ignore[no-any-return]
-
-            app.middlewares.insert(0, from_elsewhere)
+            from_peer(app, remote)
         runner, url = await serve_app(app)
         runners.append(runner)
         return url

@@ -6,7 +6,7 @@ package reads the environment.
 """
 
 from ..errors import ConfigError
-from .load import from_dict, load, loads
+from .load import from_dict, load, load_state_dir, loads
 from .model import (
     Config,
     IdentityConfig,
@@ -14,6 +14,7 @@ from .model import (
     RouteConfig,
     Secret,
     ServerConfig,
+    TlsConfig,
     TokensConfig,
 )
 
@@ -25,8 +26,10 @@ __all__ = [
     "RouteConfig",
     "Secret",
     "ServerConfig",
+    "TlsConfig",
     "TokensConfig",
     "from_dict",
     "load",
+    "load_state_dir",
     "loads",
 ]

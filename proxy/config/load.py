@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +13,10 @@ from ..errors import ConfigError
 from ..peers import is_loopback
 from .access import parse_access
 from .identities import parse_identities
-from .model import Config, OutboundConfig, RouteConfig, ServerConfig, TokensConfig
-from .parse import Problems, get, interpolate, only, show, table
-from .route_options import str_list
+from .model import Config, OutboundConfig, RouteConfig, TokensConfig
+from .parse import Problems, get, interpolate, only, table
 from .routes import parse_routes
+from .server import default_state_dir, parse_server, state_dir
 from .tap import parse_tap
 
 
@@ -31,6 +30,25 @@ def load(path: Path | str, env: Mapping[str, str]) -> Config:
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     return loads(text, env, base_dir=path.parent)
+
+
+def load_state_dir(path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Only ``server.state_dir`` (or its default) of the file at ``path``: for commands that
+    need nothing else and must work while the rest of the file is still incomplete."""
+    if path is None:
+        return default_state_dir(env)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError([f"{path}: {e}"]) from None
+    p = Problems()
+    server = interpolate(table(raw, "server", p), env, "server", p)
+    folder = state_dir(server, env, path.parent, p)
+    if p.items:
+        raise ConfigError(p.items)
+    return folder
 
 
 def loads(text: str, env: Mapping[str, str], *, base_dir: Path | None = None) -> Config:
@@ -47,7 +65,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path)
     p = Problems()
     raw = interpolate(raw, env, "", p)
     only(raw, {"server", "outbound", "tokens", "identities", "routes", "access", "tap"}, "", p)
-    server = _server(table(raw, "server", p), p)
+    server = parse_server(table(raw, "server", p), env, base_dir, p)
     outbound = _outbound(table(raw, "outbound", p), base_dir, p, env)
     tokens = _tokens(table(raw, "tokens", p), p)
     identities = parse_identities(raw.get("identities"), env, p, base_dir=base_dir)
@@ -61,69 +79,6 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path)
     if p.items:
         raise ConfigError(p.items)
     return Config(server, outbound, tokens, identities, routes, access, tap)
-
-
-_SERVER_KEYS = {
-    "host",
-    "port",
-    "allowed_hosts",
-    "allow_anonymous_remote",
-    "drain_delay",
-    "shutdown_timeout",
-    "workers",
-    "event_loop",
-    "body_timeout",
-}
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-
-
-def _server(t: Mapping[str, Any], p: Problems) -> ServerConfig:
-    only(t, _SERVER_KEYS, "server", p)
-    d = ServerConfig()
-    host = get(t, "host", str, "server", p, d.host)
-    port = get(t, "port", int, "server", p, d.port)
-    if not 0 <= port <= 65535:
-        p.add("server.port", f"must be between 0 and 65535, got {port}")
-    if not host:
-        p.add("server.host", "must not be empty")
-    allowed = str_list(t, "allowed_hosts", "server", p)
-    anonymous = get(t, "allow_anonymous_remote", bool, "server", p, d.allow_anonymous_remote)
-    drain = get(t, "drain_delay", float, "server", p, d.drain_delay)
-    if drain < 0:
-        p.add("server.drain_delay", "must be 0 or more seconds")
-    shutdown = get(t, "shutdown_timeout", float, "server", p, d.shutdown_timeout)
-    if shutdown < 0:
-        p.add("server.shutdown_timeout", "must be 0 or more seconds")
-    workers = get(t, "workers", int, "server", p, d.workers)
-    if workers < 1:
-        p.add("server.workers", f"must be 1 or more, got {workers}")
-    event_loop = get(t, "event_loop", str, "server", p, d.event_loop)
-    if event_loop not in EVENT_LOOPS:
-        p.add(
-            "server.event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {show(event_loop)}"
-        )
-    elif event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        p.add("server.event_loop", "uvloop is not installed: pip install 'ppproxy[speed]'")
-    return ServerConfig(
-        host,
-        port,
-        tuple(h.lower() for h in allowed),
-        anonymous,
-        drain,
-        shutdown,
-        workers,
-        event_loop,
-        body_timeout=_seconds(t, "body_timeout", d.body_timeout, p),
-    )
-
-
-def _seconds(t: Mapping[str, Any], key: str, default: float, p: Problems) -> float:
-    """A positive number of seconds under ``server``."""
-    value: float = get(t, key, float, "server", p, default)
-    if value <= 0:
-        p.add(f"server.{key}", "must be a positive number of seconds")
-        return default
-    return value
 
 
 _PROXY_VARS = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")

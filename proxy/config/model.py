@@ -9,6 +9,7 @@ from pathlib import Path
 from yarl import URL
 
 from .. import presets
+from ..credential_files import read_first_line
 from ..peers import is_loopback
 from .access import AccessConfig
 from .route_options import RouteEdits, RouteLimits, RoutePolicy
@@ -31,6 +32,25 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """HTTPS on every listener: a PEM chain and key given by the user, or (``local_dir``) the
+    certificate for localhost that the proxy's local CA issues."""
+
+    cert: Path  # the chain, leaf first; for the local CA's certificate also the key
+    key: Path | None = None  # None: the key is in ``cert``
+    key_password: Secret | None = None
+    key_password_file: Path | None = None  # first line, re-read on every (re)load
+    local_dir: Path | None = None  # tls = "local": the folder of the CA and the certificate
+    literal_secrets: tuple[str, ...] = ()  # key paths whose secret is written in the file
+
+    def password(self) -> str | None:
+        """The key's password, read now (its file may have changed since the last load)."""
+        if self.key_password_file is not None:
+            return read_first_line(self.key_password_file)
+        return None if self.key_password is None else self.key_password.reveal()
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -41,6 +61,10 @@ class ServerConfig:
     workers: int = 1
     event_loop: str = "auto"  # "auto" (uvloop when installed), "asyncio" or "uvloop"
     body_timeout: float = 30.0  # seconds a request body may pause between two chunks
+    tls: TlsConfig | None = None  # None: plain HTTP
+    public_url: str | None = None  # scheme://host[:port] clients use, e.g. behind a reverse proxy
+    trusted_proxies: tuple[str, ...] = ()  # networks whose Forwarded / X-Forwarded-* count
+    state_dir: Path | None = None  # the proxy's own files (the local CA); None: none known
 
 
 @dataclass(frozen=True, slots=True)

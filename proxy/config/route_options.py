@@ -42,19 +42,21 @@ class RouteLimits:
 class RouteEdits:
     """Header and URL edits, for tools that cannot be changed."""
 
-    set_request_headers: Mapping[str, str] = field(default_factory=dict)
+    set_request_headers: Mapping[str, str] = field(default_factory=dict)  # replace the client's
     remove_request_headers: frozenset[str] = frozenset()
     set_response_headers: Mapping[str, str] = field(default_factory=dict)
     remove_response_headers: frozenset[str] = frozenset()
     default_query: Mapping[str, str] = field(default_factory=dict)
     rewrite_links: bool = False
     rewrite_max_bytes: int = 8 * 1024 * 1024
+    default_request_headers: Mapping[str, str] = field(default_factory=dict)  # when none sent
 
 
 POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes", "allow_method_override"}
 LIMIT_KEYS = {"max_concurrency", "max_queue", "queue_timeout"}
 EDIT_KEYS = {
     "set_request_headers",
+    "default_request_headers",
     "remove_request_headers",
     "set_response_headers",
     "remove_response_headers",
@@ -153,8 +155,17 @@ def parse_limits(t: Mapping[str, Any], path: str, p: Problems) -> RouteLimits:
 
 def parse_edits(t: Mapping[str, Any], path: str, p: Problems) -> RouteEdits:
     default = RouteEdits()
+    replaced = _headers(t, "set_request_headers", path, p)
+    filled = _headers(t, "default_request_headers", path, p)
+    both = {n.lower() for n in replaced} & {n.lower() for n in filled}
+    for name in sorted(both):
+        p.add(
+            f"{path}.default_request_headers",
+            f"{name} is in set_request_headers too: set replaces the client's value, default "
+            "fills it only when missing; keep one",
+        )
     return RouteEdits(
-        _headers(t, "set_request_headers", path, p),
+        replaced,
         _header_names(
             str_list(t, "remove_request_headers", path, p), "remove_request_headers", path, p
         ),
@@ -165,4 +176,5 @@ def parse_edits(t: Mapping[str, Any], path: str, p: Problems) -> RouteEdits:
         str_map(t, "default_query", path, p),
         get(t, "rewrite_links", bool, path, p, default.rewrite_links),
         _positive_int(t, "rewrite_max_bytes", path, p) or default.rewrite_max_bytes,
+        filled,
     )

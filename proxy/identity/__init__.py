@@ -13,7 +13,7 @@ managed identity              :class:`ManagedIdentityProvider`  ``ManagedIdentit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -54,9 +54,13 @@ def msal_provider(identity: IdentityConfig, outbound: OutboundConfig) -> MsalPro
     return ConfidentialProvider(identity, outbound)
 
 
-def warn_about_literal_secrets(path: Path, identities: Mapping[str, IdentityConfig]) -> None:
-    """Warn once when the config file holds literal secrets that other users can read."""
+def warn_about_literal_secrets(
+    path: Path, identities: Mapping[str, IdentityConfig], others: Sequence[str] = ()
+) -> None:
+    """Warn once when the config file holds literal secrets (the identities', and ``others``:
+    their key paths) that other users can read."""
     keys = [key for identity in identities.values() for key in identity.literal_secrets]
+    keys.extend(others)
     text = literal_secret_warning(path, keys)
     if text is not None:
         structlog.get_logger("proxy.identity").warning(

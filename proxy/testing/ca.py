@@ -32,6 +32,31 @@ class LocalCA:
         path.write_bytes(self.cert_pem)
         return path
 
+    def write_server_files(
+        self, folder: Path | str, *, rsa: bool = False, password: bytes | None = None
+    ) -> tuple[Path, Path]:
+        """A new certificate for 127.0.0.1, localhost and ::1 (ECDSA, or RSA), written to
+        ``folder`` as ``cert.pem`` (the chain, leaf first) and ``key.pem`` (encrypted with
+        ``password`` when given): the two paths, for ``[server] tls_cert`` and ``tls_key``."""
+        import trustme
+        from cryptography.hazmat.primitives import serialization
+
+        kind = trustme.KeyType.RSA if rsa else trustme.KeyType.ECDSA
+        issued = self._ca.issue_cert("127.0.0.1", "localhost", "::1", key_type=kind)
+        folder = Path(folder)
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        pem = issued.private_key_pem.bytes()
+        if password is not None:
+            loaded = serialization.load_pem_private_key(pem, None)
+            pem = loaded.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(password),
+            )
+        key.write_bytes(pem)
+        return cert, key
+
     def server_context(self) -> ssl.SSLContext:
         """A server context presenting a certificate for 127.0.0.1, localhost, ::1 and
         ``*.ppproxy.test``."""
