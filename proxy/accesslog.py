@@ -44,6 +44,10 @@ class AccessLog(Observer):
             fields["token_wait_ms"] = exchange.token_wait_ms
         if exchange.retried_401:
             fields["retried_401"] = True
+        if exchange.throttle_wait_ms is not None:
+            fields["throttle_wait_ms"] = exchange.throttle_wait_ms
+        if exchange.throttle_retries:
+            fields["throttle_retries"] = exchange.throttle_retries
         if exchange.upstream_ms is not None:
             fields["upstream_ms"] = exchange.upstream_ms
         if exchange.error is not None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from . import access, paths
 from .errors import TokenUnavailable
@@ -39,7 +41,8 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
     """200 when every route has a usable token or can get one now, else 503 with the reasons.
 
     Per (identity, scope): whether a token is usable, seconds until it expires, the last
-    refresh and the last error. 503 at once while the process drains for shutdown.
+    refresh and the last error; the upstreams' cool-downs in force (they do not make the
+    proxy unready: it still answers). 503 at once while the process drains for shutdown.
     """
     state = runtime.state
     config, providers = state.config, state.providers
@@ -75,6 +78,7 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
     # On a gateway the details (identities, scopes, Entra errors) are for key holders only.
     if access.CLIENT in request or not config.access.enabled:
         body["tokens"] = checks
+        body["cooldowns"] = _cooldowns(runtime)
     warning = access.anonymous_warning(config)
     if warning is not None:
         body["warnings"] = [warning]
@@ -83,3 +87,24 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
         text=json.dumps(body),
         content_type="application/json",
     )
+
+
+def _cooldowns(runtime: Runtime) -> list[dict[str, Any]]:
+    """The cool-downs in force: upstream origin, identity, seconds left and the routes held."""
+    routes = runtime.state.config.routes
+    found = []
+    for c in runtime.throttling.cooldowns():
+        held = [
+            r.name
+            for r in routes
+            if r.identity == c.identity and str(URL(r.upstream).origin()) == c.upstream
+        ]
+        found.append(
+            {
+                "upstream": c.upstream,
+                "identity": c.identity,
+                "seconds_left": math.ceil(c.seconds_left),
+                "routes": held,
+            }
+        )
+    return found

@@ -14,6 +14,10 @@
     ├── UpstreamTimeout          504 upstream_timeout
     ├── UpstreamBusy             503 upstream_busy (the route's max_concurrency queue is full)
     ├── ClientBusy               429 client_busy (the access client's max_concurrency)
+    ├── RateLimited              429 rate_limited (+ RateLimit-Policy, RateLimit): the client's
+    │                            rate_limit
+    ├── UpstreamThrottled        429 upstream_throttled: the upstream's cool-down is longer than
+    │                            the route's max_throttle_wait
     ├── BodyTimeout              408 body_timeout (the body paused past server.body_timeout)
     ├── Unauthenticated          401 unauthenticated (+ WWW-Authenticate): no or a wrong key
     ├── Forbidden                403 forbidden: the access client may not use this route or method
@@ -128,6 +132,49 @@ class ClientBusy(ProxyError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+def _seconds(value: float) -> str:
+    """Whole seconds for Retry-After (RFC 9110 §10.2.3), rounded up, at least 1."""
+    return str(max(1, math.ceil(value)))
+
+
+class RateLimited(ProxyError):
+    """The [access] client went over its ``rate_limit``; the IETF RateLimit header fields
+    (draft-ietf-httpapi-ratelimit-headers-10) say which quota and when it frees up."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, quota: int, window: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.quota = quota
+        self.window = window
+
+    def headers(self) -> dict[str, str]:
+        wait = _seconds(self.retry_after)
+        window = max(1, math.ceil(self.window))
+        return {
+            "Retry-After": wait,
+            "RateLimit-Policy": f'"client";q={self.quota};w={window}',
+            "RateLimit": f'"client";r=0;t={wait}',
+        }
+
+
+class UpstreamThrottled(ProxyError):
+    """The upstream throttled this route's identity (429 + Retry-After) and the rest of that
+    cool-down is longer than the route's ``max_throttle_wait``: answered without sending."""
+
+    status = 429
+    code = "upstream_throttled"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": _seconds(self.retry_after)}
 
 
 class BodyTimeout(ProxyError):

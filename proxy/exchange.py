@@ -80,6 +80,10 @@ class Exchange:
     token_wait_ms: float | None = None
     upstream_ms: float | None = None  # until the upstream's response headers
     retried_401: bool = False
+    # Throttling (proxy.throttle): time spent waiting for a cool-down, a Retry-After or the
+    # route's pace, and how often the request was sent again after a 429/503.
+    throttle_wait_ms: float | None = None
+    throttle_retries: int = 0
     status: int = 0  # 499 when the client went away first
     reason: str = ""
     # The upstream's response headers as received, or the proxy's own answer's.

@@ -2,8 +2,9 @@
 
 ::
 
-    resolve (routing) -> client cap (client_limits) -> body (body) -> route slot (limits)
-    -> token + send (send) -> relay (relay)
+    resolve (routing) -> client cap (client_limits) -> cool-down (throttle) -> body (body)
+    -> route slot (limits) -> token + pace + send, resend after 429 (send, throttle)
+    -> relay (relay)
 
 Each stage fills its own fields of the request's :class:`~proxy.exchange.Exchange`; the
 observers read it when the response starts and when the exchange is over. Every error a stage
@@ -92,6 +93,9 @@ class Forwarder:
         body holds its own slots, never the route's (a streamed body is read while it is sent,
         so it holds the slot; ``server.body_timeout`` bounds every pause)."""
         route = target.route
+        gate = state.gates[route.name]
+        # A cool-down too long to wait is answered before the body is read (it never will be).
+        await gate.admit(exchange)
         body = await prepare_body(
             request,
             replay_limit=state.config.outbound.replay_body_bytes,
@@ -99,11 +103,13 @@ class Forwarder:
             pause=state.config.server.body_timeout,
             capture=exchange.request_capture,
         )
-        limiter = state.limiters.get(route.name)
-        if limiter is None:
-            return await self._send(request, exchange, state, target, listener, body)
-        async with limiter.slot():
-            return await self._send(request, exchange, state, target, listener, body)
+        limiter = state.limiters[route.name]
+        # The slot and the route's pace share one queue_timeout.
+        budget = route.limits.queue_timeout - await limiter.acquire()
+        try:
+            return await self._send(request, exchange, state, target, listener, body, budget)
+        finally:
+            limiter.release()
 
     async def _send(
         self,
@@ -113,6 +119,7 @@ class Forwarder:
         target: Target,
         listener: RouteConfig | None,
         body: RequestBody,
+        budget: float,
     ) -> web.StreamResponse:
         """Token and upstream call, then the relay of the answer."""
         route = target.route
@@ -128,6 +135,8 @@ class Forwarder:
             state.providers[route.identity],
             state.upstream_proxies[route.name],
             rules,
+            state.gates[route.name],
+            budget=budget,
             trusted_proxy=state.addresses.forwarding(request).trusted,
         )
         async with upstream:

@@ -2,11 +2,12 @@
 
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
 (403) -> the [access] client key (401) -> method overrides (400) -> the client's grants (403)
--> the route's policy (405/403) -> the handler. A refused request is answered here, recorded
-as a refused :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is
-a pure function in its own module (``hygiene``, ``browsers``, ``access``, ``overrides``,
-``policy``); this module only runs them in order against the current
-:class:`~proxy.state.State`.
+-> the route's policy (405/403) -> the client's rate_limit (429, ``rate_limit``) -> the
+handler. A refused request is answered here, recorded as a refused
+:class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
+function in its own module (``hygiene``, ``browsers``, ``access``, ``overrides``, ``policy``;
+the rate limit keeps one number per client in ``rate_limit``); this module only runs them in
+order against the current :class:`~proxy.state.State`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from multidict import CIMultiDict
 
 from . import access, overrides, paths
 from .browsers import check_browser
+from .config import RouteConfig
 from .config.access import AccessClient
 from .errors import ExpectationFailed, PayloadTooLarge, ProxyError, to_response
 from .exchange import KEY, Exchange
@@ -59,7 +61,9 @@ class Guard:
         """The grants and policy, then the handler with the request's exchange."""
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
             try:
-                method_override = _authorize(request, client, state)
+                method_override, route = _authorize(request, client, state)
+                if route is not None and client is not None and client.rate_limit is not None:
+                    self._runtime.throttling.clients.take(client, route.name)
             except ProxyError as e:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
@@ -141,12 +145,14 @@ def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web
     return client, request
 
 
-def _authorize(request: web.Request, client: AccessClient | None, state: State) -> str | None:
+def _authorize(
+    request: web.Request, client: AccessClient | None, state: State
+) -> tuple[str | None, RouteConfig | None]:
     """Method overrides, the client's grants and the route's policy, for a request that names
-    a route; the overriding method, if the route takes it."""
+    a route; the overriding method, if the route takes it, and the route."""
     resolved = state.resolver.resolve(request)
     if resolved.target is None:
-        return None  # the forwarder answers 404 no_route
+        return None, None  # the forwarder answers 404 no_route
     route, prefixed = resolved.target.route, resolved.listener is None
     override = overrides.override(request.headers, route.policy.allow_method_override)
     policy = state.policies[route.name]
@@ -155,4 +161,4 @@ def _authorize(request: web.Request, client: AccessClient | None, state: State) 
         if client is not None:
             access.authorize(client, route, method)
         policy.check(method, request.raw_path, prefixed=prefixed)
-    return override
+    return override, route

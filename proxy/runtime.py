@@ -21,6 +21,7 @@ from .errors import ProxyError
 from .exchange import Observers
 from .metrics import Snapshot
 from .state import State
+from .throttle import Throttling
 from .tls import ListenerTLS, TlsError
 from .tokens import TokenError, TokenProvider
 
@@ -34,9 +35,12 @@ class Runtime:
         observers: Observers,
         *,
         given: Mapping[str, TokenProvider] | None = None,
+        throttling: Throttling | None = None,
     ) -> None:
         self._given = dict(given or {})
-        self.state = State.build(config, given=self._given)
+        # Cool-downs, client rates and pacers: process-wide, kept by every reload's State.
+        self.throttling = throttling or Throttling()
+        self.state = State.build(config, given=self._given, throttling=self.throttling)
         # The listeners' certificate: loaded (for tls = "local", made) before the port is bound.
         tls = config.server.tls
         self.tls = ListenerTLS(tls) if tls is not None else None

@@ -1,4 +1,5 @@
-"""Sending a request upstream: the route's token, the call, and one retry after a 401.
+"""Sending a request upstream: the route's token, the call, one retry after a 401, and the
+throttling around every call (``proxy.throttle``: cool-down, pace, wait and resend).
 
 The only module that calls the upstream ``ClientSession``. aiohttp's client errors are turned
 into the proxy's own errors here, without ever printing them: their repr holds the request's
@@ -17,6 +18,7 @@ from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
+from .throttle import Gate
 from .tokens import Token, TokenProvider
 
 
@@ -29,18 +31,24 @@ async def send(
     provider: TokenProvider,
     proxy: str | None,
     headers: HeaderRules,
+    gate: Gate,
     *,
+    budget: float,
     trusted_proxy: bool = False,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
-    with the route's token, ``headers`` rules and outbound ``proxy``; ``trusted_proxy``: the
-    request came through a trusted proxy, whose forwarding headers go upstream too."""
+    with the route's token, ``headers`` rules and outbound ``proxy``, through the route's
+    throttling ``gate`` (``budget``: seconds the first call may still wait for its pace);
+    ``trusted_proxy``: the request came through a trusted proxy, whose forwarding headers go
+    upstream too."""
     scope = target.route.scope
     waited = time.perf_counter()
     token = await provider.token(scope)
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
+    await gate.before_call(exchange, budget)
     sent = time.perf_counter()
+    paused = exchange.throttle_wait_ms or 0.0  # waits from here on are not the upstream's time
     upstream = await _call(
         session, request, exchange, target, body, token, proxy, headers, trusted_proxy
     )
@@ -51,10 +59,26 @@ async def send(
         provider.invalidate(token)
         token = await provider.token(scope)
         exchange.retried_401 = True
+        await gate.before_call(exchange, budget)
         upstream = await _call(
             session, request, exchange, target, body, token, proxy, headers, trusted_proxy
         )
-    exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
+    while (wait := gate.throttled(upstream)) is not None and gate.may_resend(
+        wait, exchange.throttle_retries, body.replayable
+    ):
+        # Retry-After is within max_throttle_wait: wait it out and send the same bytes again,
+        # with the cache's token (it may have been refreshed meanwhile).
+        upstream.release()
+        await gate.wait(exchange, wait)
+        token = await provider.token(scope)
+        exchange.throttle_retries += 1
+        await gate.before_call(exchange, gate.settings.max_throttle_wait)
+        upstream = await _call(
+            session, request, exchange, target, body, token, proxy, headers, trusted_proxy
+        )
+    gate.hint(upstream)
+    paused = (exchange.throttle_wait_ms or 0.0) - paused
+    exchange.upstream_ms = round((time.perf_counter() - sent) * 1000 - paused, 2)
     return upstream
 
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .parse import NAME, Problems, get, only, show
+from .rates import Rate, parse_rate
 from .route_options import method_set, str_list
 
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_CLIENT_KEYS = {"name", "key_sha256", "routes", "methods", "admin", "max_concurrency"}
+_CLIENT_KEYS = {"name", "key_sha256", "routes", "methods", "admin", "max_concurrency", "rate_limit"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class AccessClient:
     methods: frozenset[str] | None = None
     admin: bool = False  # may open the debugging tap
     max_concurrency: int | None = None  # its requests in flight at most; None: unlimited
+    rate_limit: Rate | None = None  # its requests per window at most; None: unlimited
 
     def __repr__(self) -> str:
         return f"AccessClient(name={self.name!r})"
@@ -113,6 +115,9 @@ def _client(
     max_concurrency = get(t, "max_concurrency", int, path, p, None)
     if max_concurrency is not None and max_concurrency < 1:
         p.add(f"{path}.max_concurrency", f"must be 1 or more, got {max_concurrency}")
+    rate_limit = parse_rate(t, "rate_limit", path, p)
     if not name or not _HEX_SHA256.match(digest):
         return None
-    return AccessClient(name, bytes.fromhex(digest), routes, methods, admin, max_concurrency)
+    return AccessClient(
+        name, bytes.fromhex(digest), routes, methods, admin, max_concurrency, rate_limit
+    )

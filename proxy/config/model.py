@@ -12,7 +12,7 @@ from .. import presets
 from ..credential_files import read_first_line
 from ..peers import is_loopback
 from .access import AccessConfig
-from .route_options import RouteEdits, RouteLimits, RoutePolicy
+from .route_options import RouteEdits, RouteLimits, RoutePolicy, RouteThrottling
 from .tap import TapConfig
 
 
@@ -185,6 +185,7 @@ class RouteConfig:
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     limits: RouteLimits = field(default_factory=RouteLimits)
     edits: RouteEdits = field(default_factory=RouteEdits)
+    throttling: RouteThrottling = field(default_factory=RouteThrottling)
 
 
 @dataclass(frozen=True, slots=True)

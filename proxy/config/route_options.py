@@ -12,6 +12,7 @@ from typing import Any
 
 from ..globs import glob_problem
 from .parse import Problems, get, show
+from .rates import Rate, parse_rate
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
 _PROTECTED_HEADERS = frozenset({"authorization", "host"})
@@ -39,6 +40,16 @@ class RouteLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteThrottling:
+    """How the route treats the upstream's 429/503 + Retry-After, and its own pace."""
+
+    retry_throttled: bool = True  # wait Retry-After and send again
+    max_throttle_wait: float = 30.0  # longest Retry-After waited for, in seconds
+    throttle_retries: int = 3  # resends of one request at most
+    rate_limit: Rate | None = None  # requests spread evenly: one per rate.interval
+
+
+@dataclass(frozen=True, slots=True)
 class RouteEdits:
     """Header and URL edits, for tools that cannot be changed."""
 
@@ -54,6 +65,7 @@ class RouteEdits:
 
 POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes", "allow_method_override"}
 LIMIT_KEYS = {"max_concurrency", "max_queue", "queue_timeout"}
+THROTTLE_KEYS = {"retry_throttled", "max_throttle_wait", "throttle_retries", "rate_limit"}
 EDIT_KEYS = {
     "set_request_headers",
     "default_request_headers",
@@ -64,7 +76,7 @@ EDIT_KEYS = {
     "rewrite_links",
     "rewrite_max_bytes",
 }
-OPTION_KEYS = POLICY_KEYS | LIMIT_KEYS | EDIT_KEYS
+OPTION_KEYS = POLICY_KEYS | LIMIT_KEYS | THROTTLE_KEYS | EDIT_KEYS
 
 
 def str_list(t: Mapping[str, Any], key: str, path: str, p: Problems) -> tuple[str, ...]:
@@ -151,6 +163,22 @@ def parse_limits(t: Mapping[str, Any], path: str, p: Problems) -> RouteLimits:
     if queue_timeout <= 0:
         p.add(f"{path}.queue_timeout", "must be a positive number of seconds")
     return RouteLimits(_positive_int(t, "max_concurrency", path, p), max_queue, queue_timeout)
+
+
+def parse_throttling(t: Mapping[str, Any], path: str, p: Problems) -> RouteThrottling:
+    default = RouteThrottling()
+    wait = get(t, "max_throttle_wait", float, path, p, default.max_throttle_wait)
+    if wait < 0:
+        p.add(f"{path}.max_throttle_wait", "must be 0 or more seconds")
+    retries = get(t, "throttle_retries", int, path, p, default.throttle_retries)
+    if retries < 0:
+        p.add(f"{path}.throttle_retries", "must be 0 or more")
+    return RouteThrottling(
+        get(t, "retry_throttled", bool, path, p, default.retry_throttled),
+        wait,
+        retries,
+        parse_rate(t, "rate_limit", path, p),
+    )
 
 
 def parse_edits(t: Mapping[str, Any], path: str, p: Problems) -> RouteEdits:

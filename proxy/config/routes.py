@@ -11,7 +11,13 @@ from .. import presets
 from ..peers import is_loopback
 from .model import IdentityConfig, RouteConfig
 from .parse import NAME, Problems, get, only, show
-from .route_options import OPTION_KEYS, parse_edits, parse_limits, parse_policy
+from .route_options import (
+    OPTION_KEYS,
+    parse_edits,
+    parse_limits,
+    parse_policy,
+    parse_throttling,
+)
 
 _ROUTE_KEYS = {
     "name",
@@ -110,6 +116,7 @@ def _route(
         parse_policy(t, path, p),
         parse_limits(t, path, p),
         parse_edits(t, path, p),
+        parse_throttling(t, path, p),
     )
 
 

@@ -134,6 +134,7 @@ def record(captured: Captured) -> Record:
         "timings": _timings(exchange),
         "token_source": exchange.token_source,
         "retried_401": exchange.retried_401,
+        "throttle_retries": exchange.throttle_retries,
         "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
         "http_version": "HTTP/1.1",
     }
@@ -160,6 +161,7 @@ def summary(captured: Captured) -> Record:
 def _timings(exchange: Exchange) -> Record:
     return {
         "token_wait_ms": exchange.token_wait_ms,
+        "throttle_wait_ms": exchange.throttle_wait_ms,
         "upstream_ttfb_ms": exchange.upstream_ms,
         "total_ms": exchange.duration_ms,
     }
