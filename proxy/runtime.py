@@ -119,7 +119,10 @@ class Runtime:
         state = self.state
         snap = Snapshot(
             in_flight=dict(self.in_flight),
-            queued={route: limiter.waiting for route, limiter in state.limiters.items()},
+            queued={
+                route: limiter.waiting + state.gates[route].waiting
+                for route, limiter in state.limiters.items()
+            },
         )
         for identity, provider in state.providers.items():
             for scope, status in provider.status().items():

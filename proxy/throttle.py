@@ -150,6 +150,11 @@ class Gate:
         self._limiter = limiter
         self.settings = route.throttling
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn under the route's ``rate_limit``."""
+        return 0 if self._pacer is None else self._pacer.waiting
+
     async def admit(self, exchange: Exchange) -> None:
         """Wait out the identity's cool-down on this upstream, or ``UpstreamThrottled`` when
         it is longer than ``max_throttle_wait``."""

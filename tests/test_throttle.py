@@ -322,7 +322,11 @@ async def test_route_pacing_spreads_requests_over_the_window(
 ) -> None:
     """rate_limit = "4/2s": one request every 0.5 s, in order, whatever the clients send."""
     proxy = await start_proxy([dv_route(dv, rate_limit="4/2s")])
-    responses = await asyncio.gather(*(client.get(f"{proxy.url}{WHOAMI}") for _ in range(5)))
+    sent = [asyncio.create_task(client.get(f"{proxy.url}{WHOAMI}")) for _ in range(5)]
+    await until(lambda: len(dv.requests) == 1)
+    got = await metrics(client, proxy.url)
+    assert got[("ppproxy_requests_queued", (("route", "dv"),))] >= 2  # waiting their turn
+    responses = await asyncio.gather(*sent)
     for response in responses:
         assert response.status == 200
         response.release()
