@@ -94,8 +94,9 @@ class Forwarder:
         so it holds the slot; ``server.body_timeout`` bounds every pause)."""
         route = target.route
         gate = state.gates[route.name]
-        # A cool-down too long to wait is answered before the body is read (it never will be).
-        await gate.admit(exchange)
+        if not gate.idle:
+            # A cool-down too long to wait is answered before the body is read (it never will be).
+            await gate.admit(exchange)
         body = await prepare_body(
             request,
             replay_limit=state.config.outbound.replay_body_bytes,
@@ -105,7 +106,8 @@ class Forwarder:
         )
         limiter = state.limiters[route.name]
         # The slot and the route's pace share one queue_timeout.
-        budget = route.limits.queue_timeout - await limiter.acquire()
+        waited = 0.0 if limiter.try_acquire() else await limiter.acquire()
+        budget = route.limits.queue_timeout - waited
         try:
             return await self._send(request, exchange, state, target, listener, body, budget)
         finally:

@@ -43,6 +43,14 @@ class Limiter:
         self.limit = hint if configured is None else min(configured, hint)
         self._wake()
 
+    def try_acquire(self) -> bool:
+        """A slot at once, if one is free and nobody waits for it (no await on the usual path)."""
+        limit = self.limit
+        if limit is None or (self.in_flight < limit and not self._queue):
+            self.in_flight += 1
+            return True
+        return False
+
     async def acquire(self) -> float:
         """A slot, or ``UpstreamBusy`` when the queue is full or none frees up within
         ``queue_timeout``; the seconds waited for it."""

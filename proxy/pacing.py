@@ -24,7 +24,7 @@ class Pacer:
         self._name = name
         self.rate = rate
         self._interval = rate.interval
-        self._max_queue = max_queue
+        self.max_queue = max_queue
         self._next = 0.0
         self.waiting = 0
 
@@ -33,7 +33,7 @@ class Pacer:
         now = time.monotonic()
         at = max(now, self._next)
         wait = at - now
-        if wait > 0 and (wait > budget or self.waiting >= self._max_queue):
+        if wait > 0 and (wait > budget or self.waiting >= self.max_queue):
             raise UpstreamBusy(
                 f"{self._name}: over its rate_limit {self.rate.text}; the next free turn "
                 f"is {wait:.1f} s away",

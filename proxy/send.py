@@ -18,7 +18,7 @@ from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
-from .throttle import Gate
+from .throttle import THROTTLING, Gate
 from .tokens import Token, TokenProvider
 
 
@@ -46,7 +46,8 @@ async def send(
     token = await provider.token(scope)
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
-    await gate.before_call(exchange, budget)
+    if not gate.idle:
+        await gate.before_call(exchange, budget)
     sent = time.perf_counter()
     paused = exchange.throttle_wait_ms or 0.0  # waits from here on are not the upstream's time
     upstream = await _call(
@@ -59,12 +60,15 @@ async def send(
         provider.invalidate(token)
         token = await provider.token(scope)
         exchange.retried_401 = True
-        await gate.before_call(exchange, budget)
+        if not gate.idle:
+            await gate.before_call(exchange, budget)
         upstream = await _call(
             session, request, exchange, target, body, token, proxy, headers, trusted_proxy
         )
-    while (wait := gate.throttled(upstream)) is not None and gate.may_resend(
-        wait, exchange.throttle_retries, body.replayable
+    while (
+        upstream.status in THROTTLING
+        and (wait := gate.throttled(upstream)) is not None
+        and gate.may_resend(wait, exchange.throttle_retries, body.replayable)
     ):
         # Retry-After is within max_throttle_wait: wait it out and send the same bytes again,
         # with the cache's token (it may have been refreshed meanwhile).

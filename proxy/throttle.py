@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from .metrics import LocalCounter, LocalHistogram
 from .pacing import Pacer
 from .rate_limit import ClientRates
 
-_THROTTLING = frozenset({429, 503})
+THROTTLING = frozenset({429, 503})
+_SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
 _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 
 CooldownKey = tuple[str, str]  # (upstream origin, identity name)
@@ -48,7 +50,7 @@ def retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _SECONDS.match(value):  # RFC 9110 says whole seconds; a fraction is read, not refused
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -100,11 +102,19 @@ class Throttling(Observer):
         pacer = None
         if settings.rate_limit is not None:
             pacer = self._pacers.get(route.name)
-            if pacer is None or pacer.rate != settings.rate_limit:
+            if pacer is None or (pacer.rate, pacer.max_queue) != (
+                settings.rate_limit,
+                route.limits.max_queue,
+            ):
                 pacer = Pacer(route.name, settings.rate_limit, route.limits.max_queue)
                 self._pacers[route.name] = pacer
         key = (str(URL(route.upstream).origin()), route.identity)
         return Gate(self, route, key, pacer, limiter)
+
+    @property
+    def any_cooling(self) -> bool:
+        """Whether any cool-down may be in force (one that ended is dropped when next read)."""
+        return bool(self._until)
 
     def cooling(self, key: CooldownKey) -> float:
         """Seconds left of ``key``'s cool-down (0: none)."""
@@ -151,6 +161,12 @@ class Gate:
         self.settings = route.throttling
 
     @property
+    def idle(self) -> bool:
+        """Nothing to wait for before a call: no cool-down anywhere, no pace. Read first, so
+        that the usual request pays one attribute check, not a coroutine."""
+        return self._pacer is None and not self._hub.any_cooling
+
+    @property
     def waiting(self) -> int:
         """Requests waiting for their turn under the route's ``rate_limit``."""
         return 0 if self._pacer is None else self._pacer.waiting
@@ -159,8 +175,6 @@ class Gate:
         """Wait out the identity's cool-down on this upstream, or ``UpstreamThrottled`` when
         it is longer than ``max_throttle_wait``."""
         hub = self._hub
-        if not hub._until:  # nearly always: no cool-down anywhere
-            return
         limit = self.settings.max_throttle_wait
         started = time.monotonic()
         while left := hub.cooling(self._key):
@@ -186,7 +200,7 @@ class Gate:
     def throttled(self, upstream: aiohttp.ClientResponse) -> float | None:
         """For a throttling answer (429, or 503 with ``Retry-After``): the seconds it asks to
         wait (None: not one, or a 429 that says nothing). A 429 starts the cool-down."""
-        if upstream.status not in _THROTTLING:
+        if upstream.status not in THROTTLING:
             return None
         seconds = retry_after(upstream.headers.get("Retry-After"))
         if upstream.status == 429:
