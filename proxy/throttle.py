@@ -119,13 +119,14 @@ class Throttling(Observer):
     def cooling(self, key: CooldownKey) -> float:
         """Seconds left of ``key``'s cool-down (0: none)."""
         until = self._until.get(key)
-        if until is None:
+        now = time.monotonic()
+        if until is None or until <= now:
+            # Drop every cool-down that ended (a handful at most), so that ``any_cooling``
+            # turns False again and requests go back to the fast path.
+            for ended in [k for k, t in self._until.items() if t <= now]:
+                del self._until[ended]
             return 0.0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._until[key]
-            return 0.0
-        return left
+        return until - now
 
     def cool(self, key: CooldownKey, seconds: float) -> None:
         until = time.monotonic() + seconds

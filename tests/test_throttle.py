@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.app import RUNTIME
 from proxy.config import ConfigError, from_dict
 from proxy.config.route_options import RouteLimits
 from proxy.errors import UpstreamBusy
@@ -460,3 +461,26 @@ async def test_client_over_its_rate_limit_gets_429_with_ratelimit_headers(
     assert got[("ppproxy_rate_limited_total", key)] == 1
     (rejected,) = [e for e in events(captured) if e["event"] == "request.rejected"]
     assert (rejected["status"], rejected["error"]) == (429, "rate_limited")
+
+
+async def test_an_ended_cooldown_is_dropped_for_every_route(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    echo: EchoUpstream,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Once a cool-down is over, requests to any route are back on the path without waits,
+    and readyz no longer lists it."""
+    routes = [dv_route(dv, retry_throttled=False), {"name": "echo", "upstream": echo.url}]
+    proxy = await start_proxy(routes)
+    dv.throttle(1, retry_after=1)
+    async with client.get(f"{proxy.url}{WHOAMI}") as resp:
+        assert resp.status == 429
+    throttling = proxy.app[RUNTIME].throttling
+    assert throttling.any_cooling
+    await asyncio.sleep(1.1)
+    async with client.get(f"{proxy.url}/echo/x") as resp:
+        assert resp.status == 200
+    assert not throttling.any_cooling
+    async with client.get(f"{proxy.url}/_proxy/readyz") as resp:
+        assert (await resp.json())["cooldowns"] == []
