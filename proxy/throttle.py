@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from .config import RouteConfig
@@ -36,6 +37,8 @@ from .limits import Limiter
 from .metrics import LocalCounter, LocalHistogram
 from .pacing import Pacer
 from .rate_limit import ClientRates
+
+log = structlog.get_logger("proxy")
 
 THROTTLING = frozenset({429, 503})
 _SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
@@ -204,12 +207,20 @@ class Gate:
         if upstream.status not in THROTTLING:
             return None
         seconds = retry_after(upstream.headers.get("Retry-After"))
-        if upstream.status == 429:
-            self._hub.throttled.inc((self._name,))
-            if seconds is not None:
-                self._hub.cool(self._key, seconds)
-        elif seconds is not None:
-            self._hub.throttled.inc((self._name,))
+        if upstream.status == 503 and seconds is None:
+            return None  # an outage, not throttling: nothing says how long
+        self._hub.throttled.inc((self._name,))
+        if upstream.status == 429 and seconds is not None:
+            self._hub.cool(self._key, seconds)
+        # One event per throttling answer (rare): which upstream and identity, and for how long.
+        log.warning(
+            "upstream.throttled",
+            route=self._name,
+            status=upstream.status,
+            upstream=self._key[0],
+            identity=self._key[1],
+            retry_after=seconds,
+        )
         return seconds
 
     def may_resend(self, seconds: float, resends: int, replayable: bool) -> bool:

@@ -152,6 +152,9 @@ async def test_429_is_waited_out_and_resent_with_the_same_body_and_a_valid_token
     assert len(idp.token_requests()) == 1  # from the cache, not a new one per attempt
     assert len(dv.records("accounts")) == 1
     (logged,) = [e for e in events(captured) if e["event"] == "request"]
+    (throttled,) = [e for e in events(captured) if e["event"] == "upstream.throttled"]
+    assert (throttled["route"], throttled["status"], throttled["retry_after"]) == ("dv", 429, 1)
+    assert throttled["identity"] == "default"
     assert logged["throttle_retries"] == 1
     assert logged["throttle_wait_ms"] >= 950
     assert logged["upstream_ms"] < 900  # the wait is not the upstream's time
