@@ -41,6 +41,8 @@ class AccessLog(Observer):
             "path": redact_text(exchange.path),
             "peer": exchange.peer,
         }
+        if exchange.method_override is not None:  # checked to be a method name (a token)
+            fields["method_override"] = exchange.method_override
         if exchange.route is not None:
             fields["route"] = exchange.route
         if exchange.caller is not None:  # also bound to the context, for the other events
@@ -50,6 +52,10 @@ class AccessLog(Observer):
             fields["token_wait_ms"] = exchange.token_wait_ms
         if exchange.retried_401:
             fields["retried_401"] = True
+        if exchange.throttle_wait_ms is not None:
+            fields["throttle_wait_ms"] = exchange.throttle_wait_ms
+        if exchange.throttle_retries:
+            fields["throttle_retries"] = exchange.throttle_retries
         if exchange.upstream_ms is not None:
             fields["upstream_ms"] = exchange.upstream_ms
         if exchange.error is not None:

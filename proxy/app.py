@@ -19,6 +19,7 @@ from .forward import Forwarder
 from .guard import Guard
 from .metrics import Metrics
 from .runtime import Runtime
+from .throttle import Throttling
 from .tokens import TokenProvider
 
 if TYPE_CHECKING:  # the type get_info must return, named only in aiohttp's annotations
@@ -71,12 +72,17 @@ def create_app(
     ``observers`` are called for every exchange after the access log, metrics and tap."""
     app = web.Application(client_max_size=0)
     metrics = Metrics(metrics_dir)
-    watching: list[Observer] = [AccessLog(), metrics]
+    throttling = Throttling()  # records each request's throttle wait as it finishes
+    for metric in throttling.metrics():
+        metrics.add(metric)
+    watching: list[Observer] = [AccessLog(), metrics, throttling]
     the_tap = tap.Tap(config.tap) if config.tap.enabled else None
     if the_tap is not None:
         watching.append(the_tap)
     watching.extend(observers)
-    runtime = app[RUNTIME] = Runtime(config, Observers(watching), given=token_providers)
+    runtime = app[RUNTIME] = Runtime(
+        config, Observers(watching), given=token_providers, throttling=throttling
+    )
     metrics.watch(runtime.snapshot)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from . import access, paths
 from .errors import ProxyError, TokenUnavailable
@@ -41,7 +43,8 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
 
     Per (identity, scope): whether a token is usable, seconds until it expires, the last
     refresh and the last error (routes that act as the member need a token per member: not
-    checked here). With ``[access.entra]``, whether the tenant's signing keys are in hand. 503
+    checked here); the upstreams' cool-downs in force (they do not make the proxy unready: it
+    still answers). With ``[access.entra]``, whether the tenant's signing keys are in hand. 503
     at once while the process drains for shutdown.
     """
     state = runtime.state
@@ -85,6 +88,7 @@ async def _readyz(request: web.Request, runtime: Runtime) -> web.Response:
         body["tokens"] = checks
         if signin is not None:
             body["signin"] = signin
+        body["cooldowns"] = _cooldowns(runtime)
     warning = access.anonymous_warning(config)
     if warning is not None:
         body["warnings"] = [warning]
@@ -111,3 +115,24 @@ async def _signin_check(runtime: Runtime) -> dict[str, Any] | None:
         "last_fetch": None if last is None else iso(last),
         "last_error": status["last_error"],
     }
+
+
+def _cooldowns(runtime: Runtime) -> list[dict[str, Any]]:
+    """The cool-downs in force: upstream origin, identity, seconds left and the routes held."""
+    routes = runtime.state.config.routes
+    found = []
+    for c in runtime.throttling.cooldowns():
+        held = [
+            r.name
+            for r in routes
+            if r.identity == c.identity and str(URL(r.upstream).origin()) == c.upstream
+        ]
+        found.append(
+            {
+                "upstream": c.upstream,
+                "identity": c.identity,
+                "seconds_left": math.ceil(c.seconds_left),
+                "routes": held,
+            }
+        )
+    return found

@@ -15,6 +15,12 @@
     ├── UpstreamTimeout          504 upstream_timeout
     ├── UpstreamBusy             503 upstream_busy (the route's max_concurrency queue is full)
     ├── SignInUnavailable        503 signin_unavailable: the tenant's signing keys cannot be had
+    ├── ClientBusy               429 client_busy (the access client's max_concurrency)
+    ├── RateLimited              429 rate_limited (+ RateLimit-Policy, RateLimit): the client's
+    │                            rate_limit
+    ├── UpstreamThrottled        429 upstream_throttled: the upstream's cool-down is longer than
+    │                            the route's max_throttle_wait
+    ├── BodyTimeout              408 body_timeout (the body paused past server.body_timeout)
     ├── Unauthenticated          401 unauthenticated (+ WWW-Authenticate): no or a wrong key
     │   └── InvalidToken         401 invalid_token: a member's token that does not sign in
     ├── Forbidden                403 forbidden: the access client may not use this route or method
@@ -63,6 +69,9 @@ class ProxyError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    # Close the client's connection after the answer: what it was sending cannot be trusted
+    # to end where the next request starts.
+    closes_connection: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -161,6 +170,67 @@ class UpstreamBusy(ProxyError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class ClientBusy(ProxyError):
+    """The [access] client has ``max_concurrency`` requests in flight already."""
+
+    status = 429
+    code = "client_busy"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+def _seconds(value: float) -> str:
+    """Whole seconds for Retry-After (RFC 9110 §10.2.3), rounded up, at least 1."""
+    return str(max(1, math.ceil(value)))
+
+
+class RateLimited(ProxyError):
+    """The [access] client went over its ``rate_limit``; the IETF RateLimit header fields
+    (draft-ietf-httpapi-ratelimit-headers-10) say which quota and when it frees up."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, quota: int, window: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.quota = quota
+        self.window = window
+
+    def headers(self) -> dict[str, str]:
+        wait = _seconds(self.retry_after)
+        window = max(1, math.ceil(self.window))
+        return {
+            "Retry-After": wait,
+            "RateLimit-Policy": f'"client";q={self.quota};w={window}',
+            "RateLimit": f'"client";r=0;t={wait}',
+        }
+
+
+class UpstreamThrottled(ProxyError):
+    """The upstream throttled this route's identity (429 + Retry-After) and the rest of that
+    cool-down is longer than the route's ``max_throttle_wait``: answered without sending."""
+
+    status = 429
+    code = "upstream_throttled"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": _seconds(self.retry_after)}
+
+
+class BodyTimeout(ProxyError):
+    """The request body paused longer than ``server.body_timeout`` (RFC 9110 §15.5.9)."""
+
+    status = 408
+    code = "body_timeout"
+    closes_connection = True
 
 
 class TokenUnavailable(ProxyError):
@@ -330,4 +400,7 @@ def to_response(error: ProxyError, *, request_id: str | None = None) -> web.Resp
     if request_id:
         body["request_id"] = request_id
         headers["x-ms-client-request-id"] = request_id
-    return web.Response(status=error.status, text=json.dumps(body), headers=headers)
+    response = web.Response(status=error.status, text=json.dumps(body), headers=headers)
+    if error.closes_connection:
+        response.force_close()
+    return response

@@ -73,6 +73,7 @@ class Exchange:
     client: str | None = None  # the [access] client's name
     caller: str | None = None  # the signed-in member (UPN, else object id); never their token
     refused: bool = False  # answered by the guard: never reached a route
+    method_override: str | None = None  # X-HTTP-Method and friends, on a route that takes them
     route: str | None = None
     upstream_url: URL | None = None
     # As sent upstream; Authorization holds the token, so only redacting observers read this.
@@ -82,6 +83,10 @@ class Exchange:
     token_wait_ms: float | None = None
     upstream_ms: float | None = None  # until the upstream's response headers
     retried_401: bool = False
+    # Throttling (proxy.throttle): time spent waiting for a cool-down, a Retry-After or the
+    # route's pace, and how often the request was sent again after a 429/503.
+    throttle_wait_ms: float | None = None
+    throttle_retries: int = 0
     status: int = 0  # 499 when the client went away first
     reason: str = ""
     # The upstream's response headers as received, or the proxy's own answer's.

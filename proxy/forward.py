@@ -2,7 +2,9 @@
 
 ::
 
-    resolve (routing) -> admit (limits) -> body (body) -> token (acting) + send (send) -> relay
+    resolve (routing) -> client cap (client_limits) -> cool-down (throttle) -> body (body, or
+    the $batch the guard read and checked) -> route slot (limits) -> token (acting) + pace +
+    send, resend after 429 (send, throttle) -> relay (relay)
 
 Each stage fills its own fields of the request's :class:`~proxy.exchange.Exchange`; the
 observers read it when the response starts and when the exchange is over. Every error a stage
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from . import access, acting, paths
 from .batch import CHECKED
+from .body import RequestBody
 from .body import held as held_body
 from .body import prepare as prepare_body
 from .config import RouteConfig
@@ -49,7 +52,7 @@ class Forwarder:
                 raise NoRoute(f"no proxy endpoint {request.path}")
             return await self._forward(request, exchange, exchange.state or runtime.state)
         except ProxyError as e:
-            return self._answer(exchange, e)
+            return self._answer(request, exchange, e)
         except asyncio.CancelledError:
             exchange.status = 499  # the client went away; its upstream request went with it
             raise
@@ -69,12 +72,12 @@ class Forwarder:
         if route.edits.default_query:
             target = Target(route, add_default_query(target.url, route.edits.default_query))
         runtime = self._runtime
-        limiter = state.limiters.get(route.name)
+        client = request.get(access.CLIENT)
         runtime.in_flight[route.name] += 1
         try:
-            if limiter is None:
+            if client is None or client.max_concurrency is None:
                 return await self._upstream(request, exchange, state, target, resolved.listener)
-            async with limiter.slot():
+            with runtime.clients.hold(client):  # 429 at once beyond the client's own cap
                 return await self._upstream(request, exchange, state, target, resolved.listener)
         finally:
             runtime.in_flight[route.name] -= 1
@@ -87,10 +90,16 @@ class Forwarder:
         target: Target,
         listener: RouteConfig | None,
     ) -> web.StreamResponse:
-        """Body, token and upstream call, then the relay of the answer."""
+        """The body, then the route's slot, then the upstream call and the relay.
+
+        The slot is taken only once a replayable body has been read: a client trickling its
+        body holds its own slots, never the route's (a streamed body is read while it is sent,
+        so it holds the slot; ``server.body_timeout`` bounds every pause)."""
         route = target.route
-        runtime = self._runtime
-        assert runtime.session is not None  # opened before the first request is accepted
+        gate = state.gates[route.name]
+        if not gate.idle:
+            # A cool-down too long to wait is answered before the body is read (it never will be).
+            await gate.admit(exchange)
         if exchange.batch is not None:  # read and checked whole by the guard
             body = held_body(request[CHECKED].body, exchange.request_capture)
         else:
@@ -98,8 +107,32 @@ class Forwarder:
                 request,
                 replay_limit=state.config.outbound.replay_body_bytes,
                 max_bytes=route.policy.max_body_bytes,
+                pause=state.config.server.body_timeout,
                 capture=exchange.request_capture,
             )
+        limiter = state.limiters[route.name]
+        # The slot and the route's pace share one queue_timeout.
+        waited = 0.0 if limiter.try_acquire() else await limiter.acquire()
+        budget = route.limits.queue_timeout - waited
+        try:
+            return await self._send(request, exchange, state, target, listener, body, budget)
+        finally:
+            limiter.release()
+
+    async def _send(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        state: State,
+        target: Target,
+        listener: RouteConfig | None,
+        body: RequestBody,
+        budget: float,
+    ) -> web.StreamResponse:
+        """Token and upstream call, then the relay of the answer."""
+        route = target.route
+        runtime = self._runtime
+        assert runtime.session is not None  # opened before the first request is accepted
         rules = state.headers[route.name]
         upstream = await send(
             runtime.session,
@@ -110,6 +143,8 @@ class Forwarder:
             acting.token_source(route, state, request.get(SIGNED_IN)),
             state.upstream_proxies[route.name],
             rules,
+            state.gates[route.name],
+            budget=budget,
             trusted_proxy=state.addresses.forwarding(request).trusted,
         )
         async with upstream:
@@ -118,10 +153,14 @@ class Forwarder:
             client = state.addresses.view(request, listener)
             return await relay(request, exchange, upstream, route, client, state.links, rules)
 
-    def _answer(self, exchange: Exchange, error: ProxyError) -> web.Response:
+    def _answer(self, request: web.Request, exchange: Exchange, error: ProxyError) -> web.Response:
         """The proxy's own answer: a JSON error, recorded on the exchange like any response."""
         exchange.error = error.code
         response = to_response(error, request_id=exchange.request_id)
+        if not request.content.is_eof():
+            # The body was not read to its end: close rather than read (and wait for) the
+            # rest of it, which aiohttp would otherwise do for up to ten seconds.
+            response.force_close()
         exchange.respond(response.status, response.reason, response.headers.items())
         if exchange.response_capture is not None and isinstance(response.body, bytes):
             exchange.response_capture.add(response.body)

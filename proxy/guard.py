@@ -2,15 +2,16 @@
 
 Order, cheapest and least trusting first: hygiene (400/501) -> Host, Origin and Sec-Fetch-Site
 (403) -> the [access] client key, or a member's Entra ID token (401) and the entry it matches
-(403) -> the client's grants and whether the route needs a member (403) -> the route's policy
-(405/403) -> for a ``$batch``, every inner request against the same grants and policy
-(``proxy.batch``: 400/403/413) -> the handler. A refused request is answered here, recorded as
-a refused :class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a
-pure function in its own module (``hygiene``, ``browsers``, ``access``, ``policy``,
-``batch.check``); this module only runs them in order against the current
-:class:`~proxy.state.State`. A batch is the one request whose body the guard reads: its check
-needs it, and checking it here keeps every refusal in one place, before a token is fetched or
-a route's concurrency slot taken.
+(403) -> method overrides (400) -> the client's grants and whether the route needs a member
+(403) -> the route's policy (405/403) -> the client's rate_limit (429, ``rate_limit``) -> for
+a ``$batch``, every inner request against the same grants and policy (``proxy.batch``:
+400/403/413) -> the handler. A refused request is answered here, recorded as a refused
+:class:`~proxy.exchange.Exchange`, and never reaches the forwarder. Every rule is a pure
+function in its own module (``hygiene``, ``browsers``, ``access``, ``overrides``, ``policy``,
+``batch.check``; the rate limit keeps one number per client in ``rate_limit``); this module
+only runs them in order against the current :class:`~proxy.state.State`. A batch is the one
+request whose body the guard reads: its check needs it, and checking it here keeps every
+refusal in one place, before a token is fetched or a route's concurrency slot taken.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import structlog
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
-from . import access, acting, batch, paths
+from . import access, acting, batch, overrides, paths
 from .browsers import check_browser
+from .config import RouteConfig
 from .config.access import AccessClient
 from .errors import ExpectationFailed, NotGranted, PayloadTooLarge, ProxyError, to_response
 from .exchange import KEY, Exchange
@@ -69,7 +71,9 @@ class Guard:
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
             checked = None
             try:
-                _authorize(request, client, state)
+                method_override, route = _authorize(request, client, state)
+                if route is not None and client is not None and client.rate_limit is not None:
+                    self._runtime.throttling.clients.take(client, route.name)
                 if batch.is_batch(request.method, request.path):
                     checked = await batch.admit(request, state, client)
             except ProxyError as e:
@@ -79,6 +83,7 @@ class Guard:
             signed_in = request.get(SIGNED_IN)
             if signed_in is not None:
                 exchange.caller = signed_in.caller.name
+            exchange.method_override = method_override
             exchange.state = state  # forwarded under the version it was checked against
             if checked is not None:
                 request[batch.CHECKED] = checked
@@ -189,13 +194,23 @@ def _checked(request: web.Request, state: State) -> access.Presented | None:
     return presented
 
 
-def _authorize(request: web.Request, client: AccessClient | None, state: State) -> None:
-    """The client's grants and the route's policy, for a request that names a route."""
+def _authorize(
+    request: web.Request, client: AccessClient | None, state: State
+) -> tuple[str | None, RouteConfig | None]:
+    """Method overrides, the client's grants and the route's policy, for a request that names
+    a route; the overriding method, if the route takes it, and the route."""
     resolved = state.resolver.resolve(request)
     if resolved.target is None:
-        return  # the forwarder answers 404 no_route
+        return None, None  # the forwarder answers 404 no_route
     route, prefixed = resolved.target.route, resolved.listener is None
+    override = overrides.override(request.headers, route.policy.allow_method_override)
     if client is not None:
         access.authorize(client, route, request.method)
     acting.check(route, request.get(SIGNED_IN))
-    state.policies[route.name].check(request.method, request.raw_path, prefixed=prefixed)
+    policy = state.policies[route.name]
+    # An upstream may act on either method, so both must be allowed.
+    for method in (request.method,) if override is None else (request.method, override):
+        if client is not None:
+            access.authorize(client, route, method)
+        policy.check(method, request.raw_path, prefixed=prefixed)
+    return override, route

@@ -40,7 +40,7 @@ Spec = tuple[str, str, tuple[str, ...]]  # name, help, label names
 IN_FLIGHT: Spec = ("ppproxy_requests_in_flight", "Requests being served, by route", ("route",))
 QUEUED: Spec = (
     "ppproxy_requests_queued",
-    "Requests waiting for a max_concurrency slot, by route",
+    "Requests waiting for a max_concurrency slot or their rate_limit turn, by route",
     ("route",),
 )
 TOKENS: Spec = (

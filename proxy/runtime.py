@@ -16,12 +16,14 @@ import aiohttp
 import structlog
 
 from . import banner
+from .client_limits import ClientSlots
 from .config import Config
 from .errors import ProxyError, TokenUnavailable
 from .exchange import Observers
 from .metrics import Snapshot
 from .signin import SignIn
 from .state import State
+from .throttle import Throttling
 from .tls import ListenerTLS, TlsError
 from .tokens import ScopeStatus, TokenError, TokenProvider
 
@@ -40,9 +42,12 @@ class Runtime:
         observers: Observers,
         *,
         given: Mapping[str, TokenProvider] | None = None,
+        throttling: Throttling | None = None,
     ) -> None:
         self._given = dict(given or {})
-        self.state = State.build(config, given=self._given)
+        # Cool-downs, client rates and pacers: process-wide, kept by every reload's State.
+        self.throttling = throttling or Throttling()
+        self.state = State.build(config, given=self._given, throttling=self.throttling)
         # The listeners' certificate: loaded (for tls = "local", made) before the port is bound.
         tls = config.server.tls
         self.tls = ListenerTLS(tls) if tls is not None else None
@@ -51,6 +56,7 @@ class Runtime:
         self.draining = False
         # Requests in flight per route, for the whole process (a reload keeps counting).
         self.in_flight: dict[str, int] = {r.name: 0 for r in config.routes}
+        self.clients = ClientSlots()  # requests in flight per [access] client with a cap
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: list[Closable] = []  # replaced by a reload, closed a bit later
 
@@ -123,7 +129,10 @@ class Runtime:
         state = self.state
         snap = Snapshot(
             in_flight=dict(self.in_flight),
-            queued={route: limiter.waiting for route, limiter in state.limiters.items()},
+            queued={
+                route: limiter.waiting + state.gates[route].waiting
+                for route, limiter in state.limiters.items()
+            },
         )
         # Service tokens and members' tokens (counted per scope, never per member) together.
         for identity, provider in state.providers.items():

@@ -1,4 +1,5 @@
-"""Sending a request upstream: the request's token, the call, and one retry after a 401.
+"""Sending a request upstream: the request's token, the call, one retry after a 401, and the
+throttling around every call (``proxy.throttle``: cool-down, pace, wait and resend).
 
 The token comes from the :class:`~proxy.acting.TokenSource` the forwarder picked for the route
 and the caller: the route's identity's own token, the same naming the member
@@ -18,10 +19,11 @@ from aiohttp import web
 
 from .acting import TokenSource
 from .body import RequestBody
-from .errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnreachable
+from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .exchange import Exchange
 from .headers import HeaderRules
 from .routing import Target
+from .throttle import THROTTLING, Gate
 from .tokens import Token
 from .trust import CA_FILE_HINT
 
@@ -35,17 +37,24 @@ async def send(
     source: TokenSource,
     proxy: str | None,
     headers: HeaderRules,
+    gate: Gate,
     *,
+    budget: float,
     trusted_proxy: bool = False,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
-    with the token from ``source``, ``headers`` rules and outbound ``proxy``; ``trusted_proxy``:
-    the request came through a trusted proxy, whose forwarding headers go upstream too."""
+    with the token from ``source``, ``headers`` rules and outbound ``proxy``, through the
+    route's throttling ``gate`` (``budget``: seconds the first call may still wait for its
+    pace); ``trusted_proxy``: the request came through a trusted proxy, whose forwarding
+    headers go upstream too."""
     waited = time.perf_counter()
     token = await source.token()
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
+    if not gate.idle:
+        await gate.before_call(exchange, budget)
     sent = time.perf_counter()
+    paused = exchange.throttle_wait_ms or 0.0  # waits from here on are not the upstream's time
     upstream = await _call(
         session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
     )
@@ -56,10 +65,29 @@ async def send(
         source.invalidate(token)
         token = await source.token()
         exchange.retried_401 = True
+        if not gate.idle:
+            await gate.before_call(exchange, budget)
         upstream = await _call(
             session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
         )
-    exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
+    while (
+        upstream.status in THROTTLING
+        and (wait := gate.throttled(upstream)) is not None
+        and gate.may_resend(wait, exchange.throttle_retries, body.replayable)
+    ):
+        # Retry-After is within max_throttle_wait: wait it out and send the same bytes again,
+        # with the cache's token (it may have been refreshed meanwhile).
+        upstream.release()
+        await gate.wait(exchange, wait)
+        token = await source.token()
+        exchange.throttle_retries += 1
+        await gate.before_call(exchange, gate.settings.max_throttle_wait)
+        upstream = await _call(
+            session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
+        )
+    gate.hint(upstream)
+    paused = (exchange.throttle_wait_ms or 0.0) - paused
+    exchange.upstream_ms = round((time.perf_counter() - sent) * 1000 - paused, 2)
     return upstream
 
 
@@ -97,9 +125,11 @@ async def _call(
             allow_redirects=False,
             proxy=proxy,
         )
-    except PayloadTooLarge:
+    except ProxyError:  # the body's own failure (too large, paused), raised through the call
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
+        if body.failure is not None:
+            raise body.failure from None
         raise UpstreamTimeout(f"{name}: the upstream did not answer in time") from None
     except aiohttp.ClientConnectorCertificateError as e:
         raise UpstreamUnreachable(
@@ -111,7 +141,7 @@ async def _call(
             f"{e.os_error.strerror or 'connection failed'}"
         ) from None
     except aiohttp.ClientError as e:
-        if body.too_large:
-            raise PayloadTooLarge(f"{name}: the body is over the route's limit") from None
+        if body.failure is not None:  # the body stopped; the upstream request went with it
+            raise body.failure from None
         # Never str()/repr() the exception: some aiohttp errors carry the request headers.
         raise UpstreamUnreachable(f"{name}: upstream failed ({type(e).__name__})") from None

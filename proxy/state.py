@@ -22,6 +22,7 @@ from .public_address import PublicAddress
 from .rewrite import LinkRewriter
 from .routing import Resolver
 from .signin import SignIn
+from .throttle import Gate, Throttling
 from .token_cache import CachingProvider
 from .tokens import TokenProvider
 
@@ -34,7 +35,9 @@ class State:
     resolver: Resolver  # which route takes a request
     policies: Mapping[str, Policy]  # route name -> methods and path rules, compiled
     providers: Mapping[str, TokenProvider]  # identity name -> cached token provider
-    limiters: Mapping[str, Limiter]  # route name -> concurrency cap (routes that have one)
+    limiters: Mapping[str, Limiter]  # route name -> concurrency cap (and dop hint)
+    gates: Mapping[str, Gate]  # route name -> its throttling (cool-down, pace, resend)
+    throttling: Throttling  # process-wide: cool-downs, client rates (kept across reloads)
     links: LinkRewriter  # upstream URLs handed back -> the proxy's
     upstream_proxies: Mapping[str, str | None]  # route name -> outbound proxy, decided once
     allowed_hosts: frozenset[str]  # Host/Origin names accepted
@@ -51,19 +54,24 @@ class State:
         *,
         previous: State | None = None,
         given: Mapping[str, TokenProvider] | None = None,
+        throttling: Throttling | None = None,
     ) -> State:
         """Prepare ``config``. Identities unchanged since ``previous`` keep their provider (and
-        so their tokens); ``given`` providers (identity name -> provider) replace MSAL."""
+        so their tokens); ``given`` providers (identity name -> provider) replace MSAL;
+        ``throttling`` (else ``previous``'s, else a new one) holds the cool-downs."""
         routes = config.routes
         providers = _providers(config, previous, given or {})
+        if throttling is None:
+            throttling = previous.throttling if previous is not None else Throttling()
+        limiters = {r.name: Limiter(r.name, r.limits) for r in routes}
         return cls(
             config=config,
             resolver=Resolver(routes),
             policies=policies(routes),
             providers=providers,
-            limiters={
-                r.name: Limiter(r.name, r.limits) for r in routes if r.limits.max_concurrency
-            },
+            limiters=limiters,
+            gates={r.name: throttling.gate(r, limiters[r.name]) for r in routes},
+            throttling=throttling,
             links=LinkRewriter(routes),
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),

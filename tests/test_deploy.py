@@ -934,8 +934,15 @@ METRICS = {
     "ppproxy_token_requests_total": {"identity", "scope", "result"},
     "ppproxy_token_expiry_seconds": {"identity", "scope"},
     "ppproxy_identity_errors_total": {"code"},
+    "ppproxy_upstream_throttled_total": {"route"},
+    "ppproxy_throttle_wait_seconds": {"route"},
+    "ppproxy_rate_limited_total": {"route", "client"},
 }
-HISTOGRAMS = {"ppproxy_request_duration_seconds", "ppproxy_upstream_duration_seconds"}
+HISTOGRAMS = {
+    "ppproxy_request_duration_seconds",
+    "ppproxy_upstream_duration_seconds",
+    "ppproxy_throttle_wait_seconds",
+}
 # Labels Prometheus adds to every series it scrapes (and Kubernetes service discovery adds).
 TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 

@@ -18,7 +18,6 @@ from proxy.browsers import allowed_hosts, check_browser
 from proxy.config import from_dict
 from proxy.errors import ProxyError
 from proxy.hygiene import check_request
-from proxy.policy import compile_glob
 from proxy.testing import EchoUpstream
 
 from .conftest import StartProxy, raw_exchange
@@ -349,27 +348,6 @@ async def test_anonymous_remote_warns_on_readyz(
 
 
 # --- route policy ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("pattern", "path", "matches"),
-    [
-        ("/apps", "/apps", True),
-        ("/apps", "/apps/x", False),
-        ("/apps/*", "/apps/x", True),
-        ("/apps/*", "/apps/x/y", False),
-        ("/apps/**", "/apps/x/y", True),
-        ("/apps/**", "/apps/", True),
-        ("/apps/?", "/apps/x", True),
-        ("/apps/?", "/apps/xy", False),
-        ("/apps/*/delete", "/apps/x/delete", True),
-        ("apps/*", "/apps/x", True),  # relative to the prefix either way
-        ("/a.b", "/aXb", False),  # only *, ** and ? are special
-        ("/Apps/*", "/aPPs/X", True),
-    ],
-)
-def test_glob(pattern: str, path: str, matches: bool) -> None:
-    assert bool(compile_glob(pattern).fullmatch(path)) is matches
 
 
 @pytest.fixture

@@ -226,7 +226,8 @@ async def test_exchange_captured(
     assert body["size"] == second["bytes_out"] > 0
     assert (first["token_source"], second["token_source"]) == ("entra", "cache")
     timings = second["timings"]
-    assert set(timings) == {"token_wait_ms", "upstream_ttfb_ms", "total_ms"}
+    assert set(timings) == {"token_wait_ms", "throttle_wait_ms", "upstream_ttfb_ms", "total_ms"}
+    assert timings["throttle_wait_ms"] is None  # nothing held this one back
     assert 0 <= timings["token_wait_ms"] <= timings["total_ms"]
     assert 0 < timings["upstream_ttfb_ms"] <= timings["total_ms"]
     claims = second["claims"]

@@ -14,7 +14,6 @@ import pytest
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
 from .conftest import CLIENT, SECRET, StartProxy
-from .forward_proxy import ConnectProxy
 
 SCOPE_A = "https://a.example/.default"
 SCOPE_B = "https://service.powerapps.com//.default"
@@ -203,58 +202,6 @@ async def test_identity_provider_tls_is_verified(
         assert resp.status == 503
         assert (await resp.json())["entra_error"] == "authority_unreachable"
     assert echo.requests == []
-
-
-async def test_https_proxy_environment_honoured(
-    start_proxy: StartProxy,
-    tls_echo: EchoUpstream,
-    idp: IdentityProvider,
-    client: aiohttp.ClientSession,
-) -> None:
-    """Outbound traffic to Entra and the upstream goes through HTTPS_PROXY."""
-    async with ConnectProxy() as corp:
-        # The environment given to the configuration loader (the CLI passes os.environ).
-        env = {"HTTPS_PROXY": corp.url}
-        proxy = await start_proxy(
-            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}], env=env
-        )
-        async with client.get(f"{proxy.url}/t/x") as resp:
-            assert resp.status == 200
-    idp_port = idp.authority_host.rsplit(":", 1)[1]
-    up_port = tls_echo.url.rsplit(":", 1)[1]
-    assert {t.rsplit(":", 1)[1] for t in corp.tunnels} == {idp_port, up_port}
-
-
-async def test_no_proxy_environment_honoured(
-    start_proxy: StartProxy,
-    tls_echo: EchoUpstream,
-    client: aiohttp.ClientSession,
-) -> None:
-    async with ConnectProxy() as corp:
-        env = {"HTTPS_PROXY": corp.url, "no_proxy": "localhost,127.0.0.1"}
-        proxy = await start_proxy(
-            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}], env=env
-        )
-        async with client.get(f"{proxy.url}/t/x") as resp:
-            assert resp.status == 200
-    assert corp.tunnels == []
-
-
-async def test_outbound_proxy_setting(
-    start_proxy: StartProxy,
-    tls_echo: EchoUpstream,
-    client: aiohttp.ClientSession,
-) -> None:
-    """outbound.proxy sends everything through the named proxy, whatever the environment says."""
-    async with ConnectProxy() as corp:
-        proxy = await start_proxy(
-            [{"name": "t", "prefix": "/t", "upstream": tls_echo.url}],
-            outbound={"proxy": corp.url},
-            env={"NO_PROXY": "*", "HTTPS_PROXY": "http://127.0.0.1:9"},
-        )
-        async with client.get(f"{proxy.url}/t/x") as resp:
-            assert resp.status == 200
-    assert len(corp.tunnels) >= 2
 
 
 async def test_environment_and_netrc_read_only_through_the_config(

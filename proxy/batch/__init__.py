@@ -74,7 +74,9 @@ async def admit(request: web.Request, state: State, client: AccessClient | None)
         target.url.raw_path,
     )
     content_type = request.headers.get("Content-Type", "")
-    return check(body, content_type, place, state.policies[route.name], client)
+    policy = state.policies[route.name]
+    allow_override = route.policy.allow_method_override
+    return check(body, content_type, place, policy, client, allow_override=allow_override)
 
 
 async def _read(request: web.Request, most: int) -> bytes:

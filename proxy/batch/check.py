@@ -47,7 +47,7 @@ def check(
 ) -> Checked:
     """Check every inner request of ``body``; ``BadBatch``, ``MethodOverrideRefused`` or
     ``BatchForbidden`` for the first that fails. ``allow_override``: the route accepts
-    method-override headers, and the overriding method is the one checked."""
+    method-override headers, and both the inner method and the overriding one are checked."""
     requests = multipart.read(body, content_type)
     # (change set, Content-ID) -> the path of the record that request makes or changes.
     records: dict[tuple[int, str], str] = {}
@@ -100,10 +100,13 @@ def _one(
         path, sent = resolved.path, resolved.sent
     if path.rstrip("/").rpartition("/")[2].partition(";")[0].lower() == "$batch":
         raise BadBatch("a batch cannot hold another batch")
+    # With an override the upstream may act on either method: both must pass, as outside.
+    methods = (method,) if method == inner.method.upper() else (inner.method.upper(), method)
     try:
-        policy.check(method, path, prefixed=False)
-        if client is not None:
-            access.authorize(client, place.route, method)
+        for one in methods:
+            policy.check(one, path, prefixed=False)
+            if client is not None:
+                access.authorize(client, place.route, one)
     except ProxyError as e:
         raise BatchForbidden(e.message, where={"reason": e.code, "path": path}) from None
     if content_id is not None and inner.changeset is not None:

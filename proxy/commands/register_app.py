@@ -157,7 +157,7 @@ async def _admin_token(identity: IdentityConfig, config: Config, scope: str, out
 
 def _device_code_token(identity: IdentityConfig, config: Config, scope: str, out: TextIO) -> str:
     """The device code flow (RFC 8628): print the code and URL, wait for the admin."""
-    session = PinnedSession(config.outbound, identity.authority_host)
+    session = PinnedSession(config.outbound)
     try:
         app = msal.PublicClientApplication(
             DEVICE_CODE_CLIENT_ID,
@@ -190,7 +190,7 @@ def _device_code_token(identity: IdentityConfig, config: Config, scope: str, out
 
 
 def _call(config: Config, method: str, url: str, token: str) -> tuple[int, Any]:
-    with PinnedSession(config.outbound, url) as session:
+    with PinnedSession(config.outbound) as session:
         try:
             response = session.request(
                 method,

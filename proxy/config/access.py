@@ -14,12 +14,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .parse import NAME, Problems, get, only, show
+from .rates import Rate, parse_rate
 from .route_options import method_set, str_list
 from .signin import EntraConfig, parse_entra
 
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_CLIENT_KEYS = {"name", "key_sha256", "routes", "methods", "admin", "users", "groups", "roles"}
+_CLIENT_KEYS = {
+    "name",
+    "key_sha256",
+    "routes",
+    "methods",
+    "admin",
+    "users",
+    "groups",
+    "roles",
+    "max_concurrency",
+    "rate_limit",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,8 @@ class AccessClient:
     users: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
+    max_concurrency: int | None = None  # its requests in flight at most; None: unlimited
+    rate_limit: Rate | None = None  # its requests per window at most; None: unlimited
 
     def __repr__(self) -> str:
         return f"AccessClient(name={self.name!r})"
@@ -141,6 +155,10 @@ def _client(
         routes = frozenset(listed)
     methods = method_set(t, path, p)
     admin = get(t, "admin", bool, path, p, False)
+    max_concurrency = get(t, "max_concurrency", int, path, p, None)
+    if max_concurrency is not None and max_concurrency < 1:
+        p.add(f"{path}.max_concurrency", f"must be 1 or more, got {max_concurrency}")
+    rate_limit = parse_rate(t, "rate_limit", path, p)
     if not name or ("key_sha256" in t and not key_ok) or ("key_sha256" not in t and not given):
         return None
     return AccessClient(
@@ -152,6 +170,8 @@ def _client(
         frozenset(m.lower() for m in members["users"]),
         frozenset(m.lower() for m in members["groups"]),
         frozenset(members["roles"]),
+        max_concurrency,
+        rate_limit,
     )
 
 

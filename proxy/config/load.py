@@ -10,9 +10,10 @@ from typing import Any
 from yarl import URL
 
 from ..errors import ConfigError
+from ..peers import is_loopback
 from .access import parse_access
 from .identities import parse_identities
-from .model import Config, OutboundConfig, TokensConfig
+from .model import Config, OutboundConfig, RouteConfig, TokensConfig
 from .parse import Problems, get, interpolate, only, table
 from .routes import parse_routes
 from .server import default_state_dir, parse_server, state_dir
@@ -73,6 +74,7 @@ def from_dict(raw: Mapping[str, Any], env: Mapping[str, str], *, base_dir: Path)
     for i, route in enumerate(routes):
         if route.port is not None and route.port == server.port:
             p.add(f"routes[{i}].port", f"{route.port} is server.port; a route needs its own port")
+    _no_cleartext_through_proxy(routes, outbound, p)
     access = parse_access(raw.get("access"), {r.name for r in routes}, p)
     check_route_callers(raw.get("routes"), routes, identities, access.entra, p)
     tap = parse_tap(raw.get("tap"), base_dir, p)
@@ -121,6 +123,25 @@ def _outbound(
     if replay < 0:
         p.add("outbound.replay_body_bytes", "must be 0 or more")
     return OutboundConfig(ca_file, timeouts[0], timeouts[1], proxy, replay, _proxy_env(env))
+
+
+def _no_cleartext_through_proxy(
+    routes: tuple[RouteConfig, ...], outbound: OutboundConfig, p: Problems
+) -> None:
+    """A plain-http upstream never goes through a proxy (it would read the token), and only a
+    loopback one may be reached directly: name both keys when a configuration asks for more."""
+    configured = outbound.configured_proxy()
+    if configured is None:
+        return
+    for i, route in enumerate(routes):
+        url = URL(route.upstream)
+        if url.scheme == "http" and url.host and not is_loopback(url.host):
+            p.add(
+                f"routes[{i}].upstream",
+                f"plain http:// to {url.host} with {configured[0]} set: the token would cross "
+                "the proxy and the network in clear; a plain-http upstream is never sent "
+                "through a proxy, so only a loopback one can work. Use https://",
+            )
 
 
 def _tokens(t: Mapping[str, Any], p: Problems) -> TokensConfig:

@@ -10,8 +10,9 @@ from yarl import URL
 
 from .. import presets
 from ..credential_files import read_first_line
+from ..peers import is_loopback
 from .access import AccessConfig
-from .route_options import RouteEdits, RouteLimits, RoutePolicy
+from .route_options import RouteEdits, RouteLimits, RoutePolicy, RouteThrottling
 from .tap import TapConfig
 
 
@@ -59,6 +60,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on shutdown
     workers: int = 1
     event_loop: str = "auto"  # "auto" (uvloop when installed), "asyncio" or "uvloop"
+    body_timeout: float = 30.0  # seconds a request body may pause between two chunks
     tls: TlsConfig | None = None  # None: plain HTTP
     public_url: str | None = None  # scheme://host[:port] clients use, e.g. behind a reverse proxy
     trusted_proxies: tuple[str, ...] = ()  # networks whose Forwarded / X-Forwarded-* count
@@ -77,17 +79,31 @@ class OutboundConfig:
 
     def proxy_for(self, url: str) -> str | None:
         """The outbound proxy for ``url``: ``proxy`` when set, else the environment's, unless
-        NO_PROXY exempts the host. Decided once per upstream, never per request."""
+        NO_PROXY exempts the host. Decided once per upstream, never per request.
+
+        Never a proxy for a loopback host (it is on this machine: a proxy could only see what
+        goes to it), nor for plain ``http://`` (the proxy would read the token in clear)."""
+        parsed = URL(url)
+        if parsed.scheme != "https" or is_loopback(parsed.host):
+            return None
         if self.proxy is not None:
             return self.proxy
-        parsed = URL(url)
         env = self.proxy_env
-        chosen = env.get(f"{parsed.scheme}_proxy") or env.get("all_proxy")
+        chosen = env.get("https_proxy") or env.get("all_proxy")
         if not chosen or parsed.host is None:
             return None
         if _no_proxy(parsed.host, parsed.port, env.get("no_proxy", "")):
             return None
         return chosen
+
+    def configured_proxy(self) -> tuple[str, str] | None:
+        """The key a proxy comes from and its URL, before any exemption; ``None`` without one."""
+        if self.proxy is not None:
+            return "outbound.proxy", self.proxy
+        for name in ("http_proxy", "https_proxy", "all_proxy"):
+            if name in self.proxy_env:
+                return f"{name.upper()} (environment)", self.proxy_env[name]
+        return None
 
 
 def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
@@ -183,6 +199,7 @@ class RouteConfig:
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     limits: RouteLimits = field(default_factory=RouteLimits)
     edits: RouteEdits = field(default_factory=RouteEdits)
+    throttling: RouteThrottling = field(default_factory=RouteThrottling)
 
 
 @dataclass(frozen=True, slots=True)

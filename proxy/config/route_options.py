@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..globs import glob_problem
 from .parse import Problems, get, show
+from .rates import Rate, parse_rate
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
 _PROTECTED_HEADERS = frozenset({"authorization", "host"})
@@ -24,6 +26,8 @@ class RoutePolicy:
     allow_paths: tuple[str, ...] = ()  # glob patterns on the path after the prefix
     deny_paths: tuple[str, ...] = ()
     max_body_bytes: int | None = None
+    # Honour X-HTTP-Method and friends; the overriding method is checked too (proxy.overrides).
+    allow_method_override: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,16 @@ class RouteLimits:
     max_concurrency: int | None = None  # None: unlimited
     max_queue: int = 100
     queue_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteThrottling:
+    """How the route treats the upstream's 429/503 + Retry-After, and its own pace."""
+
+    retry_throttled: bool = True  # wait Retry-After and send again
+    max_throttle_wait: float = 30.0  # longest Retry-After waited for, in seconds
+    throttle_retries: int = 3  # resends of one request at most
+    rate_limit: Rate | None = None  # requests spread evenly: one per rate.interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +63,9 @@ class RouteEdits:
     default_request_headers: Mapping[str, str] = field(default_factory=dict)  # when none sent
 
 
-POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes"}
+POLICY_KEYS = {"methods", "allow_paths", "deny_paths", "max_body_bytes", "allow_method_override"}
 LIMIT_KEYS = {"max_concurrency", "max_queue", "queue_timeout"}
+THROTTLE_KEYS = {"retry_throttled", "max_throttle_wait", "throttle_retries", "rate_limit"}
 EDIT_KEYS = {
     "set_request_headers",
     "default_request_headers",
@@ -61,7 +76,7 @@ EDIT_KEYS = {
     "rewrite_links",
     "rewrite_max_bytes",
 }
-OPTION_KEYS = POLICY_KEYS | LIMIT_KEYS | EDIT_KEYS
+OPTION_KEYS = POLICY_KEYS | LIMIT_KEYS | THROTTLE_KEYS | EDIT_KEYS
 
 
 def str_list(t: Mapping[str, Any], key: str, path: str, p: Problems) -> tuple[str, ...]:
@@ -120,12 +135,22 @@ def method_set(t: Mapping[str, Any], path: str, p: Problems) -> frozenset[str] |
     return methods
 
 
+def _globs(t: Mapping[str, Any], key: str, path: str, p: Problems) -> tuple[str, ...]:
+    patterns = str_list(t, key, path, p)
+    for pattern in patterns:
+        problem = glob_problem(pattern)
+        if problem is not None:
+            p.add(f"{path}.{key}", problem)
+    return patterns
+
+
 def parse_policy(t: Mapping[str, Any], path: str, p: Problems) -> RoutePolicy:
     return RoutePolicy(
         method_set(t, path, p),
-        str_list(t, "allow_paths", path, p),
-        str_list(t, "deny_paths", path, p),
+        _globs(t, "allow_paths", path, p),
+        _globs(t, "deny_paths", path, p),
         _positive_int(t, "max_body_bytes", path, p),
+        get(t, "allow_method_override", bool, path, p, False),
     )
 
 
@@ -138,6 +163,22 @@ def parse_limits(t: Mapping[str, Any], path: str, p: Problems) -> RouteLimits:
     if queue_timeout <= 0:
         p.add(f"{path}.queue_timeout", "must be a positive number of seconds")
     return RouteLimits(_positive_int(t, "max_concurrency", path, p), max_queue, queue_timeout)
+
+
+def parse_throttling(t: Mapping[str, Any], path: str, p: Problems) -> RouteThrottling:
+    default = RouteThrottling()
+    wait = get(t, "max_throttle_wait", float, path, p, default.max_throttle_wait)
+    if wait < 0:
+        p.add(f"{path}.max_throttle_wait", "must be 0 or more seconds")
+    retries = get(t, "throttle_retries", int, path, p, default.throttle_retries)
+    if retries < 0:
+        p.add(f"{path}.throttle_retries", "must be 0 or more")
+    return RouteThrottling(
+        get(t, "retry_throttled", bool, path, p, default.retry_throttled),
+        wait,
+        retries,
+        parse_rate(t, "rate_limit", path, p),
+    )
 
 
 def parse_edits(t: Mapping[str, Any], path: str, p: Problems) -> RouteEdits:

@@ -11,7 +11,13 @@ from .. import presets
 from ..peers import is_loopback
 from .model import IdentityConfig, RouteConfig
 from .parse import NAME, Problems, get, only, show
-from .route_options import OPTION_KEYS, parse_edits, parse_limits, parse_policy
+from .route_options import (
+    OPTION_KEYS,
+    parse_edits,
+    parse_limits,
+    parse_policy,
+    parse_throttling,
+)
 from .signin import ACT_AS
 
 _ROUTE_KEYS = {
@@ -125,6 +131,7 @@ def _route(
         parse_policy(t, path, p),
         parse_limits(t, path, p),
         parse_edits(t, path, p),
+        parse_throttling(t, path, p),
     )
 
 

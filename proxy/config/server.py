@@ -34,6 +34,7 @@ _KEYS = {
     "state_dir",
     "public_url",
     "trusted_proxies",
+    "body_timeout",
 }
 _TLS_FILE_KEYS = ("tls_cert", "tls_key", "tls_key_password", "tls_key_password_file")
 LOCAL_TLS_FOLDER = "tls"  # below server.state_dir: the local CA and its certificate
@@ -105,7 +106,17 @@ def parse_server(
         public_url=_public_url(t, p),
         trusted_proxies=_trusted_proxies(t, p),
         state_dir=folder,
+        body_timeout=_seconds(t, "body_timeout", d.body_timeout, p),
     )
+
+
+def _seconds(t: Mapping[str, Any], key: str, default: float, p: Problems) -> float:
+    """A positive number of seconds under ``server``."""
+    value: float = get(t, key, float, "server", p, default)
+    if value <= 0:
+        p.add(f"server.{key}", "must be a positive number of seconds")
+        return default
+    return value
 
 
 def _path(t: Mapping[str, Any], key: str, base_dir: Path, p: Problems) -> Path | None:

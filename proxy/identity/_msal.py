@@ -35,27 +35,32 @@ class PinnedSession(requests.Session):
     With ``trust_env`` on, requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace the
     session's trust (so ``outbound.ca_file`` would not win), picks proxies per request and
     sends ``~/.netrc`` credentials in place of the client's own. TLS trust comes from
-    :mod:`proxy.trust`; the outbound proxy is the one decided at load for ``url``
-    (``outbound.proxy_for``), unless ``direct`` (a managed identity endpoint on this machine).
+    :mod:`proxy.trust`; the proxy for each URL is ``outbound.proxy_for``'s (the proxy settings
+    were read once, at load): never one for a loopback host or plain ``http://``, whatever URL
+    the authority's metadata points MSAL at, and none at all when ``direct`` (a managed
+    identity endpoint on this machine). Nothing else is read from the environment here.
     """
 
-    def __init__(
-        self, outbound: OutboundConfig, url: str | None = None, *, direct: bool = False
-    ) -> None:
+    def __init__(self, outbound: OutboundConfig, *, direct: bool = False) -> None:
         super().__init__()
         self.trust_env = False
         # The one trust decision (proxy/trust.py): outbound.ca_file, else the system's store.
         self.mount("https://", TrustAdapter(client_context(outbound.ca_file)))
         # A managed identity endpoint is on this machine or link-local (169.254.169.254):
         # never through a proxy.
-        proxy = None if direct or url is None else outbound.proxy_for(url)
-        if proxy is not None:
-            self.proxies = {"http": proxy, "https": proxy}
+        self._direct = direct
+        self._outbound = outbound
         self._timeout = (outbound.connect_timeout, outbound.read_timeout)
 
-    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         kwargs.setdefault("timeout", self._timeout)
-        response = super().request(*args, **kwargs)
+        target = url.decode() if isinstance(url, bytes) else url
+        proxy = None if self._direct else self._outbound.proxy_for(target)
+        # A None value removes the scheme from the proxies requests uses: a direct connection.
+        kwargs["proxies"] = {"http": proxy, "https": proxy}
+        response = super().request(method, url, *args, **kwargs)
         if response.status_code in _RETRYABLE_STATUS:
             # MSAL turns these into an exception or an error dict without the response: note
             # what the caller needs to back off the way Entra asks, in the call's own record.
@@ -156,9 +161,7 @@ class MsalProvider:
             if self._app is None or key != self._app_key:
                 if self._session is not None:
                     self._session.close()
-                self._session = PinnedSession(
-                    self._outbound, self._identity.authority_host, direct=self._direct()
-                )
+                self._session = PinnedSession(self._outbound, direct=self._direct())
                 self._app, self._app_key = self._build(self._session, credential), key
             return self._app
 

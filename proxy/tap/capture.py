@@ -128,6 +128,7 @@ def record(captured: Captured) -> Record:
         "client": exchange.client,
         "caller": exchange.caller,
         "method": exchange.method,
+        "method_override": exchange.method_override,
         "target": redact_text(exchange.target),
         "upstream_url": None if upstream_url is None else redact_text(str(upstream_url)),
         "status": exchange.status,
@@ -143,6 +144,7 @@ def record(captured: Captured) -> Record:
         "timings": _timings(exchange),
         "token_source": exchange.token_source,
         "retried_401": exchange.retried_401,
+        "throttle_retries": exchange.throttle_retries,
         "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
         "http_version": "HTTP/1.1",
         "batch": _batch(exchange, response_headers),
@@ -208,6 +210,7 @@ def summary(captured: Captured) -> Record:
 def _timings(exchange: Exchange) -> Record:
     return {
         "token_wait_ms": exchange.token_wait_ms,
+        "throttle_wait_ms": exchange.throttle_wait_ms,
         "upstream_ttfb_ms": exchange.upstream_ms,
         "total_ms": exchange.duration_ms,
     }

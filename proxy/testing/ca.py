@@ -5,16 +5,21 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+# A name under .test (RFC 6761: reserved for testing, never resolved on the internet), for tests
+# that reach a local server by a name that is not loopback: through a forward proxy that maps it
+# to 127.0.0.1, the way a corporate proxy would reach a real host.
+TEST_DOMAIN = "ppproxy.test"
+
 
 class LocalCA:
-    """Throwaway CA (trustme) for 127.0.0.1/localhost."""
+    """Throwaway CA (trustme) for 127.0.0.1, localhost, ::1 and any name under ppproxy.test."""
 
     def __init__(self) -> None:
         # Lazy: trustme is only in the `testing` extra.
         import trustme
 
         self._ca = trustme.CA()
-        self._server_cert = self._ca.issue_cert("127.0.0.1", "localhost", "::1")
+        self._server_cert = self._ca.issue_cert("127.0.0.1", "localhost", "::1", f"*.{TEST_DOMAIN}")
 
     @property
     def cert_pem(self) -> bytes:
@@ -53,7 +58,8 @@ class LocalCA:
         return cert, key
 
     def server_context(self) -> ssl.SSLContext:
-        """A server context presenting a certificate for 127.0.0.1, localhost and ::1."""
+        """A server context presenting a certificate for 127.0.0.1, localhost, ::1 and
+        ``*.ppproxy.test``."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server_cert.configure_cert(context)
         return context

@@ -1,6 +1,9 @@
 """A small HTTP CONNECT proxy on 127.0.0.1 that records the tunnels it opens (an outbound
 proxy for tests), optionally sending a port elsewhere: ``ports={443: 8443}`` tunnels requests
-for 127.0.0.1:443 to 127.0.0.1:8443. It tunnels only to loopback, whatever is asked."""
+for 127.0.0.1:443 to 127.0.0.1:8443. It tunnels only to loopback, whatever is asked; names
+under ``ppproxy.test`` (which the local CA's server certificate covers) go to 127.0.0.1, the
+way a corporate proxy reaches a real host, so a test can tell "went through the proxy to a
+remote name" from "went direct to loopback"."""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
+from .ca import TEST_DOMAIN
+
 
 class ConnectProxy:
     def __init__(self, *, ports: Mapping[int, int] | None = None) -> None:
         self.tunnels: list[str] = []  # the CONNECT targets, as asked
+        self.requests: list[str] = []  # every request line it received, tunnels or not
         self._ports = dict(ports or {})
         self._server: asyncio.Server | None = None
         self.url = ""
@@ -30,11 +36,15 @@ class ConnectProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.requests.append(line)
+            method, target, _ = line.split(" ", 2)
             if method != "CONNECT":
                 writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
                 return
             host, port = target.rsplit(":", 1)
+            if host.endswith("." + TEST_DOMAIN):  # as a corporate proxy reaches a real host
+                host = "127.0.0.1"
             if host not in ("127.0.0.1", "localhost"):  # loopback only, whatever is asked
                 writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 return
