@@ -114,12 +114,22 @@ def _credential(testing: Any, idp: Any, flow: str, where: Path) -> tuple[str, li
     ]
 
 
+# A name under proxy.testing's TEST_DOMAIN (its CA's certificate covers it; the relay takes it to
+# 127.0.0.1). Not imported: proxy.testing needs the testing extra, checked later.
+_RELAYED_NAME = "login.ppproxy.test"
+
+
 def _config_text(
     flow: str, port: int, idp: Any, credential: str, upstream: str, relay: str | None, tap: bool
 ) -> str:
     proxy = (
         f'proxy = "{relay}"  # the relay to port 443 (see README, ppproxy demo)\n' if relay else ""
     )
+    # Through the relay the identity provider goes by a name under ppproxy.test (its certificate
+    # covers it): a loopback address would never be sent through an outbound proxy.
+    authority = idp.authority_host
+    if relay:
+        authority = authority.replace("127.0.0.1", _RELAYED_NAME)
     return f"""\
 # ppproxy demo configuration ({flow}): the local identity provider stands in for Entra ID.
 [server]
@@ -131,7 +141,7 @@ ca_file = "demo-ca.pem"  # the local CA, trusted instead of the system's
 [identities.demo]
 tenant_id = "{idp.tenant}"
 client_id = "{CLIENT}"
-authority_host = "{idp.authority_host}"
+authority_host = "{authority}"
 {credential}
 
 [[routes]]

@@ -19,6 +19,7 @@ from urllib3 import exceptions as u3
 from proxy import reach
 from proxy.commands.register_app import DEVICE_CODE_CLIENT_ID
 from proxy.testing import AdminApplications, ConnectProxy, EchoUpstream, IdentityProvider, LocalCA
+from proxy.testing.ca import TEST_DOMAIN
 
 from .conftest import CLIENT, SECRET, config_dict
 from .processes import free_port, read_until, spawn, write_config
@@ -38,9 +39,17 @@ async def _run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
     return proc.returncode, out.decode(), err.decode()
 
 
+def _remote(url: str, name: str) -> str:
+    """``url`` under a name the CONNECT proxy takes to 127.0.0.1 (the local CA's certificate
+    covers it): loopback addresses never go through an outbound proxy, remote hosts do."""
+    return url.replace("127.0.0.1", f"{name}.{TEST_DOMAIN}")
+
+
 def _config(tmp_path: Path, idp: IdentityProvider, ca_file: Path | None, **outbound: Any) -> Path:
     routes = [{"name": "bap", "preset": "bap"}]
     raw = config_dict(idp, ca_file, routes, outbound=outbound)
+    if "proxy" in outbound:  # through the proxy: the identity provider by a remote name
+        raw["identities"]["default"]["authority_host"] = _remote(idp.authority_host, "login")
     return write_config(tmp_path, raw)
 
 
@@ -77,7 +86,7 @@ async def test_register_app_device_code_and_bap_go_through_outbound_proxy(
         path = _config(tmp_path, idp, ca_file, proxy=corp.url)
         code, _, err = await _run(
             "register-app", "--config", str(path), "--client-id", APP_ID,
-            "--bap-url", tls_bap.url,
+            "--bap-url", _remote(tls_bap.url, "bap"),
         )  # fmt: skip
     assert code == 0, err
     assert tls_bap.applications == [APP_ID]
@@ -99,16 +108,16 @@ async def test_register_app_password_flow_and_user_realm_lookup_go_through_outbo
                           outbound={"proxy": corp.url})  # fmt: skip
         raw["identities"]["default"] = {
             "tenant_id": idp.tenant, "client_id": "public-client", "username": USER,
-            "password": "${PP_PASSWORD}", "authority_host": idp.authority_host,
+            "password": "${PP_PASSWORD}", "authority_host": _remote(idp.authority_host, "login"),
         }  # fmt: skip
         path = write_config(tmp_path, raw)
         code, _, err = await _run(
             "register-app", "--config", str(path), "--client-id", APP_ID,
-            "--bap-url", tls_bap.url, env={"PP_PASSWORD": PASSWORD},
+            "--bap-url", _remote(tls_bap.url, "bap"), env={"PP_PASSWORD": PASSWORD},
         )  # fmt: skip
     assert code == 0, err
     assert idp.realm_lookups == [USER]
-    assert "127.0.0.1:443" in corp.tunnels
+    assert f"login.{TEST_DOMAIN}:443" in corp.tunnels
     assert tls_bap.applications == [APP_ID]
     assert PASSWORD not in err
 

@@ -183,7 +183,12 @@ class IdentityProvider(LocalServer, Directory):
         self._failures.script(None, None)
 
     async def _metadata(self, request: web.Request) -> web.Response:
-        base = f"{self.authority_host}/{request.match_info['tenant']}"
+        # Endpoints on the host the client asked (as Entra's name its own host), so a client
+        # that reached it under another name (through a proxy) keeps using that name; the
+        # issuer is the authority's, whatever the name.
+        tenant = request.match_info["tenant"]
+        base = f"{self._origin(request)}/{tenant}"
+        issuer = f"{self.authority_host}/{tenant}/v2.0"
         return web.json_response(
             {
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
@@ -198,7 +203,7 @@ class IdentityProvider(LocalServer, Directory):
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
-                "issuer": f"{base}/v2.0",
+                "issuer": issuer,
                 "request_uri_parameter_supported": False,
                 "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
@@ -214,6 +219,10 @@ class IdentityProvider(LocalServer, Directory):
     async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_requests += 1
         return web.json_response(self.jwks)
+
+    def _origin(self, request: web.Request) -> str:
+        """``https://`` and the host (and port) the request was sent to."""
+        return f"https://{request.host}" if request.host else self.authority_host
 
     async def _user_realm(self, request: web.Request) -> web.Response:
         username = request.match_info["username"]
@@ -259,7 +268,7 @@ class IdentityProvider(LocalServer, Directory):
         failure = self._failures.take()
         if self.delay > 0:
             await asyncio.sleep(self.delay)
-        endpoint = f"{self.authority_host}/{record.tenant}/oauth2/v2.0/token"
+        endpoint = f"{self._origin(request)}/{record.tenant}/oauth2/v2.0/token"
         call = Call(form, record.tenant, client_id, secret, scope, endpoint)
         outcome = failure or self._grant(grant, call)
         if isinstance(outcome, EntraError):
