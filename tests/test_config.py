@@ -122,6 +122,9 @@ def test_every_problem_listed_by_key_path() -> None:
 [server]
 port = "eighty"
 bogus = 1
+header_timeout = 0
+idle_timeout = "long"
+max_connections = 0
 [outbound]
 read_timeout = -1
 ca_file = "does-not-exist.pem"
@@ -147,6 +150,9 @@ identity = "zzz"
     for expected in [
         "server.port: must be an integer",
         "server.bogus: unknown key",
+        "server.header_timeout: must be a positive number",
+        "server.idle_timeout: must be a number",
+        "server.max_connections: must be 1 or more",
         "outbound.read_timeout: must be a positive number",
         "outbound.ca_file: no such file",
         "identities.a.authority_host: must be an https:// origin",
