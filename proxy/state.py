@@ -85,6 +85,7 @@ def _providers(
             msal_provider(identity, config.outbound),
             name=name,
             wait_timeout=config.tokens.wait_timeout,
+            min_refresh_interval=config.tokens.min_refresh_interval,
         )
     return providers
 

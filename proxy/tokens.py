@@ -5,7 +5,8 @@ A provider has one small interface (:class:`TokenProvider`): ``await token(scope
 providers in :mod:`proxy.identity` ask Entra ID every time. :class:`CachingProvider` wraps any
 provider with one cache entry per scope: single flight (one request to Entra however many callers
 wait), refresh ahead of expiry in the background, and a backoff after failures so a broken
-credential is not hammered.
+credential is not hammered. An upstream's refusal (401) drops the token at most once per
+``min_refresh_interval`` (``tokens.min_refresh_interval``) per scope.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class TokenProvider(Protocol):
         """A token for ``scope``; raises ``TokenError`` or ``TokenUnavailable``."""
         ...
 
-    def invalidate(self, token: Token) -> None:
-        """The upstream refused ``token``: do not hand it out again."""
+    def invalidate(self, token: Token) -> bool:
+        """The upstream refused ``token``: do not hand it out again, if allowed. True when the
+        next ``token(scope)`` gives another token (worth a retry); False when it would be the
+        same one (a refresh was forced too recently: the refusal stands)."""
         ...
 
     def status(self) -> Mapping[str, ScopeStatus]:
@@ -105,6 +108,8 @@ class _Entry:
         self.failures = 0
         self.retry_at = 0.0
         self.last_refresh: float | None = None
+        self.forced_at: float | None = None  # when an upstream's refusal last dropped the token
+        self.limited = 0  # refusals since then that could not force another refresh
         # Counters for metrics: token requests by result, and errors by Entra's error code.
         self.successes = 0
         self.errors: dict[str, int] = {}
@@ -133,11 +138,13 @@ class CachingProvider:
         name: str = "",
         wait_timeout: float = 5.0,
         max_backoff: float = 60.0,
+        min_refresh_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._inner = inner
         self._name = name  # the identity, for log events
         self._wait_timeout = wait_timeout
+        self._min_refresh_interval = min_refresh_interval
         self._max_backoff = max_backoff
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -166,11 +173,28 @@ class CachingProvider:
             raise self._unavailable(result, entry.retry_at - self._clock())
         return result
 
-    def invalidate(self, token: Token) -> None:
+    def invalidate(self, token: Token) -> bool:
+        """Drop ``token`` if it is still the current one, at most once per
+        ``min_refresh_interval`` per scope: an upstream that refuses every token (a missing
+        role, a wrong audience) would otherwise turn each request into a token request."""
         entry = self._entries.get(token.scope)
-        if entry is not None and entry.token is not None and entry.token.value == token.value:
-            entry.token = entry.cached = None
+        if entry is None or entry.token is None or entry.token.value != token.value:
+            return True  # already replaced (or being fetched): the retry costs no token request
+        now = self._clock()
+        if entry.forced_at is not None and now - entry.forced_at < self._min_refresh_interval:
+            entry.limited += 1
+            if entry.limited == 1:  # once per interval: a storm must not become a log flood
+                log.warning(
+                    "token.refresh_limited",
+                    identity=self._name,
+                    scope=token.scope,
+                    min_refresh_interval=self._min_refresh_interval,
+                )
+            return False
+        entry.forced_at, entry.limited = now, 0
+        entry.token = entry.cached = None
         self._inner.invalidate(token)
+        return True
 
     def status(self) -> Mapping[str, ScopeStatus]:
         now = self._clock()

@@ -125,6 +125,8 @@ bogus = 1
 header_timeout = 0
 idle_timeout = "long"
 max_connections = 0
+[tokens]
+min_refresh_interval = -1
 [outbound]
 read_timeout = -1
 ca_file = "does-not-exist.pem"
@@ -153,6 +155,7 @@ identity = "zzz"
         "server.header_timeout: must be a positive number",
         "server.idle_timeout: must be a number",
         "server.max_connections: must be 1 or more",
+        "tokens.min_refresh_interval: must be 0 or more seconds",
         "outbound.read_timeout: must be a positive number",
         "outbound.ca_file: no such file",
         "identities.a.authority_host: must be an https:// origin",

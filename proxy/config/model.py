@@ -131,6 +131,7 @@ def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
 class TokensConfig:
     wait_timeout: float = 5.0
     prefetch: bool = True
+    min_refresh_interval: float = 10.0  # seconds between two refreshes forced by upstream 401s
 
 
 @dataclass(frozen=True, slots=True)
