@@ -22,7 +22,7 @@ from .browsers import check_browser
 from .config.access import AccessClient
 from .errors import ExpectationFailed, PayloadTooLarge, ProxyError, to_response
 from .exchange import KEY, Exchange
-from .hygiene import check_request
+from .hygiene import check_request, check_stripped_path
 from .peers import peer_is_loopback
 from .runtime import Runtime
 from .state import State
@@ -148,6 +148,8 @@ def _authorize(request: web.Request, client: AccessClient | None, state: State) 
     if resolved.target is None:
         return None  # the forwarder answers 404 no_route
     route, prefixed = resolved.target.route, resolved.listener is None
+    if prefixed and route.strip_prefix:
+        check_stripped_path(request.raw_path, route.prefix)
     override = overrides.override(request.headers, route.policy.allow_method_override)
     policy = state.policies[route.name]
     # An upstream may act on either method, so both must be allowed.
