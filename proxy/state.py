@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .browsers import allowed_hosts
+from .browsers import allowed_hosts, allowed_origins
 from .config import Config
 from .headers import HeaderRules
 from .identity import msal_provider
@@ -32,7 +32,8 @@ class State:
     limiters: Mapping[str, Limiter]  # route name -> concurrency cap (routes that have one)
     links: LinkRewriter  # upstream URLs handed back -> the proxy's
     upstream_proxies: Mapping[str, str | None]  # route name -> outbound proxy, decided once
-    allowed_hosts: frozenset[str]  # Host/Origin names accepted
+    allowed_hosts: frozenset[str]  # Host names accepted
+    allowed_origins: frozenset[str]  # Origin hosts accepted (no loopback ones on a gateway)
     headers: Mapping[str, HeaderRules]  # route name -> header hygiene and edits
     addresses: PublicAddress  # the scheme and host clients use (public_url, trusted proxies)
 
@@ -58,6 +59,7 @@ class State:
             links=LinkRewriter(routes),
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),
+            allowed_origins=allowed_origins(config.server),
             headers={r.name: HeaderRules(r.edits) for r in routes},
             addresses=PublicAddress(config.server),
         )

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.access import exposure_problem
-from proxy.browsers import allowed_hosts, check_browser
+from proxy.browsers import allowed_hosts, allowed_origins, check_browser
 from proxy.config import from_dict
 from proxy.errors import ProxyError
 from proxy.hygiene import check_request, check_stripped_path
@@ -604,3 +604,74 @@ def test_stripped_path_rule() -> None:
     check_stripped_path("//x", "/")  # the "/" route strips nothing; the whole target's rule
     with pytest.raises(ProxyError, match="//"):
         check_stripped_path("/bap//providers", "/bap")
+
+
+# -- Origins on a gateway (issue 13, item 10) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "allowed", "origin", "expected"),
+    [
+        # A local proxy: pages on this machine are its own.
+        ("127.0.0.1", (), "http://localhost:3000", None),
+        ("localhost", ("gw.corp.example",), "http://127.0.0.1:5173", None),
+        # A gateway: only the names it is configured to be reached by.
+        (ANY, ("gw.corp.example",), "http://localhost:3000", "cross_site_request"),
+        (ANY, ("gw.corp.example",), "http://127.0.0.1:8080", "cross_site_request"),
+        (ANY, ("gw.corp.example",), "http://[::1]:8080", "cross_site_request"),
+        ("10.1.2.3", ("gw.corp.example",), "http://localhost", "cross_site_request"),
+        (ANY, ("gw.corp.example",), "https://gw.corp.example", None),
+        (ANY, ("gw.corp.example",), "https://GW.corp.example:8443", None),
+        (ANY, ("gw.corp.example",), "https://evil.example", "cross_site_request"),
+        (ANY, ("gw.corp.example", "localhost"), "http://localhost:3000", None),  # listed
+    ],
+)
+def test_loopback_origins_not_trusted_on_a_gateway(
+    listen: str, allowed: tuple[str, ...], origin: str, expected: str | None
+) -> None:
+    """On a non-loopback listener an Origin must match server.allowed_hosts (or public_url):
+    a page on the user's own machine is another site to a gateway reached by its name."""
+    raw = {
+        "server": {"host": listen, "allowed_hosts": list(allowed)},
+        "access": {"clients": [{"name": "c", "key_sha256": KEY_SHA}]},
+        **_MINIMAL,
+    }
+    server = from_dict(raw, {}, base_dir=Path()).server
+    h = CIMultiDict(Host="gw.corp.example" if allowed else "localhost", Origin=origin)
+    found = None
+    try:
+        check_browser(h, allowed_hosts(server), (), allowed_origins(server))
+    except ProxyError as e:
+        found = e.code
+    assert found == expected
+
+
+def test_public_url_host_is_a_trusted_origin_on_a_gateway() -> None:
+    raw = {
+        "server": {"host": ANY, "public_url": "https://ppgw.corp.example"},
+        "access": {"clients": [{"name": "c", "key_sha256": KEY_SHA}]},
+        **_MINIMAL,
+    }
+    assert allowed_origins(from_dict(raw, {}, base_dir=Path()).server) == {"ppgw.corp.example"}
+
+
+async def test_gateway_refuses_a_page_on_localhost_end_to_end(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A proxy configured to listen on all interfaces (bound here to 127.0.0.1 by the test)
+    refuses a request from a page on http://localhost:3000 and takes one from its own name."""
+    proxy = await start_proxy(
+        server={"host": ANY, "allowed_hosts": ["gw.corp.example"]},
+        access={"clients": [{"name": "c", "key_sha256": KEY_SHA}]},
+    )
+    key = {"X-Api-Key": "k", "Host": "gw.corp.example"}
+    async with client.post(
+        f"{proxy.url}/echo/x", headers={**key, "Origin": "http://localhost:3000"}
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"] == "cross_site_request"
+    async with client.post(
+        f"{proxy.url}/echo/x", headers={**key, "Origin": "https://gw.corp.example"}
+    ) as resp:
+        assert resp.status == 200
+    assert len(echo.requests) == 1
