@@ -124,9 +124,7 @@ def _admit(request: web.Request, state: State) -> tuple[AccessClient | None, web
         # A scraper reaches a pod by its IP, which no allowlist can name; the Host check
         # exists for browsers on this machine (DNS rebinding), whose peer is loopback.
         forwarded = state.addresses.forwarding(request)
-        check_browser(
-            request.headers, state.allowed_hosts, forwarded.hosts, state.allowed_origins
-        )
+        check_browser(request.headers, state.allowed_hosts, forwarded.hosts, state.allowed_origins)
     settings = state.config.access
     if not settings.enabled:
         return None, request

@@ -209,7 +209,8 @@ class _Listening(asyncio.AbstractServer):
     # -- asyncio.AbstractServer ----------------------------------------------------------------
 
     def close(self) -> None:
-        for task in self._accepting:
+        # Handshakes still under way too: their connections would arrive after shutdown.
+        for task in (*self._accepting, *self._connecting):
             task.cancel()
         for listening in self._sockets:
             listening.close()
