@@ -178,6 +178,37 @@ async def test_connections_over_max_wait_in_the_backlog(
     held[1][1].close()
 
 
+async def test_max_connections_holds_when_many_arrive_at_once(
+    start_proxy: StartProxy, echo: EchoUpstream
+) -> None:
+    """Connections that reach the backlog together are accepted only up to max_connections:
+    of five sent at once with a ceiling of two, two are answered, then two more once those
+    two close."""
+    proxy = await start_proxy(server={"max_connections": 2, "header_timeout": 30})
+    opened = await asyncio.gather(*(connect(proxy.url) for _ in range(5)))
+    for _, writer in opened:
+        writer.write(REQUEST)
+
+    async def answered(pair: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+        try:
+            await response(pair[0], 0.8)
+        except TimeoutError:
+            return False
+        return True
+
+    first = await asyncio.gather(*(answered(p) for p in opened))
+    assert sum(first) == 2
+    for done, (_, writer) in zip(first, opened, strict=True):
+        if done:
+            writer.close()
+    waiting = [p for done, p in zip(first, opened, strict=True) if not done]
+    second = await asyncio.gather(*(answered(p) for p in waiting))
+    assert sum(second) == 2
+    for _, writer in opened:
+        writer.close()
+    assert len(echo.requests) == 4
+
+
 async def test_parser_error_does_not_echo_the_request(start_proxy: StartProxy) -> None:
     """aiohttp's own 400 quotes the line it could not parse; the proxy's names no byte of it."""
     proxy = await start_proxy()
