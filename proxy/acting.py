@@ -42,8 +42,9 @@ class TokenSource(Protocol):
 
     async def token(self) -> Token: ...
 
-    def invalidate(self, token: Token) -> None:
-        """The upstream refused ``token``: the next ``token()`` gets a fresh one."""
+    def invalidate(self, token: Token) -> bool:
+        """The upstream refused ``token``: the next ``token()`` gets a fresh one, unless a
+        refresh was forced too recently; whether a retry would get another token."""
         ...
 
 
@@ -58,8 +59,8 @@ class ServiceToken:
     async def token(self) -> Token:
         return await self.provider.token(self.scope)
 
-    def invalidate(self, token: Token) -> None:
-        self.provider.invalidate(token)
+    def invalidate(self, token: Token) -> bool:
+        return self.provider.invalidate(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,8 @@ class MemberToken:
         signed_in = self.signed_in
         return await self.tokens.token(signed_in.caller.oid, signed_in.token, self.scope)
 
-    def invalidate(self, token: Token) -> None:
-        self.tokens.invalidate(self.signed_in.caller.oid, token)
+    def invalidate(self, token: Token) -> bool:
+        return self.tokens.invalidate(self.signed_in.caller.oid, token)
 
 
 def for_member(route: RouteConfig) -> bool:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from .config import ServerConfig
 from .errors import CrossSiteRequest, HostNotAllowed
+from .peers import is_loopback
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _HOST = re.compile(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+))(?::[0-9]{0,5})?$")
@@ -27,14 +28,32 @@ def host_name(value: str) -> str | None:
 def allowed_hosts(server: ServerConfig) -> frozenset[str]:
     """The loopback names plus ``server.allowed_hosts`` and the host of ``server.public_url``,
     as ``host_name`` returns them."""
+    return LOOPBACK_HOSTS | _configured(server)
+
+
+def allowed_origins(server: ServerConfig) -> frozenset[str]:
+    """The hosts an ``Origin`` may name: on a loopback listener, the allowed hosts; on any other
+    (a gateway), only the names configured (``server.allowed_hosts``, the host of
+    ``server.public_url``). A page served from the user's own machine
+    (``http://localhost:3000``) is another site to a gateway reached over the network; list
+    ``localhost`` in ``allowed_hosts`` to trust such pages anyway."""
+    if is_loopback(server.host):
+        return allowed_hosts(server)
+    return frozenset(_configured(server))
+
+
+def _configured(server: ServerConfig) -> set[str]:
     names = {h.strip().strip("[]").lower() for h in server.allowed_hosts}
     if server.public_url:
         names.add((urlsplit(server.public_url).hostname or "").lower())
-    return LOOPBACK_HOSTS | names
+    return names
 
 
 def check_browser(
-    headers: Mapping[str, str], allowed: frozenset[str], forwarded_hosts: tuple[str, ...] = ()
+    headers: Mapping[str, str],
+    allowed: frozenset[str],
+    forwarded_hosts: tuple[str, ...] = (),
+    origins: frozenset[str] | None = None,
 ) -> None:
     """403 unless ``Host`` is allowed and the request is not from another site's page.
 
@@ -42,7 +61,8 @@ def check_browser(
     127.0.0.1 still sends ``Host: evil.example``. Behind a trusted reverse proxy the name the
     client used arrives in ``Forwarded`` / ``X-Forwarded-Host`` (``forwarded_hosts``): each of
     those must be allowed too, as must the Host the proxy in front wrote. Origin and
-    Sec-Fetch-Site stop a page from driving the proxy with a plain cross-site request.
+    Sec-Fetch-Site stop a page from driving the proxy with a plain cross-site request; an
+    ``Origin`` must name one of ``origins`` (default: ``allowed``, see :func:`allowed_origins`).
     """
     for value in (headers.get("Host", ""), *forwarded_hosts):
         if host_name(value) not in allowed:
@@ -56,7 +76,7 @@ def check_browser(
             origin_host = urlsplit(origin).hostname
         except ValueError:
             origin_host = None
-        if origin_host not in allowed:
+        if origin_host not in (allowed if origins is None else origins):
             raise CrossSiteRequest("requests from web pages of other sites are refused")
     if headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
         raise CrossSiteRequest("requests from web pages of other sites are refused")

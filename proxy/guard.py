@@ -28,7 +28,7 @@ from .config import RouteConfig
 from .config.access import AccessClient
 from .errors import ExpectationFailed, NotGranted, PayloadTooLarge, ProxyError, to_response
 from .exchange import KEY, Exchange
-from .hygiene import check_request
+from .hygiene import check_request, check_stripped_path
 from .peers import peer_is_loopback
 from .runtime import Runtime
 from .signin import SIGNED_IN, SignedIn, looks_like_jwt
@@ -182,7 +182,7 @@ def _checked(request: web.Request, state: State) -> access.Presented | None:
         # A scraper reaches a pod by its IP, which no allowlist can name; the Host check
         # exists for browsers on this machine (DNS rebinding), whose peer is loopback.
         forwarded = state.addresses.forwarding(request)
-        check_browser(request.headers, state.allowed_hosts, forwarded.hosts)
+        check_browser(request.headers, state.allowed_hosts, forwarded.hosts, state.allowed_origins)
     settings = state.config.access
     if not settings.enabled:
         return None
@@ -203,6 +203,8 @@ def _authorize(
     if resolved.target is None:
         return None, None  # the forwarder answers 404 no_route
     route, prefixed = resolved.target.route, resolved.listener is None
+    if prefixed and route.strip_prefix:
+        check_stripped_path(request.raw_path, route.prefix)
     override = overrides.override(request.headers, route.policy.allow_method_override)
     if client is not None:
         access.authorize(client, route, request.method)

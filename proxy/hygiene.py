@@ -39,6 +39,7 @@ def check_request(method: str, target: str, headers: MultiMapping[str]) -> None:
             raise NotProxied("Upgrade requests (WebSockets, h2c) are not proxied")
     if "Host" not in headers:
         raise BadRequest("a Host header is required (RFC 9112 §3.2)")
+    _check_header_text(headers)
     if _CONTROL.search(target):
         raise BadRequest("control characters in the request target")
     if not target.startswith("/"):
@@ -75,3 +76,22 @@ def check_path(path: str) -> None:
     # ";" because some servers drop path parameters, so "..;x" is ".." to them.
     if any(s.split(";", 1)[0] in (".", "..") for s in segments):
         raise BadRequest("'.' and '..' segments are not allowed in the path, encoded or not")
+
+
+def check_stripped_path(target: str, prefix: str) -> None:
+    """Raise ``BadRequest`` when the path a route forwards after stripping ``prefix`` from the
+    raw ``target`` starts with ``//`` (``/bap//providers``): the rule :func:`check_request`
+    applies to the whole target, applied to what the upstream will see."""
+    if prefix != "/" and target.startswith("//", len(prefix)):
+        raise BadRequest("the path after the route's prefix must not start with //")
+
+
+def _check_header_text(headers: MultiMapping[str]) -> None:
+    """Header values must be UTF-8 text. aiohttp decodes other bytes as lone surrogates, which
+    cannot be encoded again: the request could be neither checked nor forwarded intact."""
+    for value in headers.values():
+        if not value.isascii():  # the common case costs one C-level scan per value
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("a header value is not UTF-8 text") from None

@@ -164,6 +164,9 @@ def fixed_settings_changed(old: Config, new: Config) -> list[str]:
         changed.append("server.host, server.port or server.workers")
     if (old.server.tls is None) != (new.server.tls is None):
         changed.append("TLS on or off (server.tls, server.tls_cert)")
+    listening = ("header_timeout", "idle_timeout", "max_connections")  # set on the listeners
+    if any(getattr(old.server, k) != getattr(new.server, k) for k in listening):
+        changed.append("server.header_timeout, server.idle_timeout or server.max_connections")
     if {r.name: r.port for r in old.routes if r.port} != {
         r.name: r.port for r in new.routes if r.port
     }:

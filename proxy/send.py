@@ -58,11 +58,11 @@ async def send(
     upstream = await _call(
         session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
     )
-    if upstream.status == 401 and body.replayable:
+    if upstream.status == 401 and body.replayable and source.invalidate(token):
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
-        # one, get a fresh one and try once more. Never twice.
+        # one, get a fresh one and try once more. Never twice. (The provider refuses when it
+        # was refreshed for a 401 within tokens.min_refresh_interval: the 401 passes through.)
         upstream.release()
-        source.invalidate(token)
         token = await source.token()
         exchange.retried_401 = True
         if not gate.idle:

@@ -15,6 +15,7 @@ from aiohttp import web
 from .app import RUNTIME
 from .config import Config, ServerConfig
 from .errors import ConfigError
+from .listener import Gate, GatedSite, connection_factory
 
 log = structlog.get_logger("proxy")
 
@@ -102,19 +103,34 @@ def runner_for(app: web.Application) -> web.AppRunner:
 
 async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: bool = False) -> str:
     """Open the main listener on ``host:port`` and every route's own port (all of them HTTPS
-    when [server] has TLS); the main address."""
-    reuse = reuse_port or None
-    tls = runner.app[RUNTIME].tls
-    context = tls.context if tls is not None else None
-    scheme = "http" if tls is None else "https"
-    await web.TCPSite(runner, host, port, reuse_port=reuse, ssl_context=context).start()
+    when [server] has TLS), sharing one ``server.max_connections``; the main address."""
+    runtime = runner.app[RUNTIME]
+    settings = runtime.state.config.server
+    context = runtime.tls.context if runtime.tls is not None else None
+    scheme = "http" if context is None else "https"
+    gate = Gate(settings.max_connections)
+    assert runner.server is not None  # set up by the caller
+    factory = connection_factory(runner.server, settings)
+
+    async def site(on: int) -> None:
+        await GatedSite(
+            runner,
+            host,
+            on,
+            gate=gate,
+            factory=factory,
+            ssl_context=context,
+            handshake_timeout=settings.header_timeout,
+            reuse_port=reuse_port,
+        ).start()
+
+    await site(port)
     address = _address(scheme, runner.addresses[0])
     loop = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]  # asyncio or uvloop
     log.info("server.listening", address=address, event_loop=loop)
-    for route in runner.app[RUNTIME].state.config.routes:
+    for route in runtime.state.config.routes:
         if route.port is not None:  # the route's own listener: no prefix needed there
-            site = web.TCPSite(runner, host, route.port, reuse_port=reuse, ssl_context=context)
-            await site.start()
+            await site(route.port)
             own = _address(scheme, (host, route.port))
             log.info("server.listening", address=own, route=route.name)
     return address

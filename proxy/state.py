@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .acting import ServiceToken, for_member
-from .browsers import allowed_hosts
+from .browsers import allowed_hosts, allowed_origins
 from .config import Config
 from .headers import HeaderRules
 from .identity import ConfidentialProvider, msal_provider
@@ -40,7 +40,8 @@ class State:
     throttling: Throttling  # process-wide: cool-downs, client rates (kept across reloads)
     links: LinkRewriter  # upstream URLs handed back -> the proxy's
     upstream_proxies: Mapping[str, str | None]  # route name -> outbound proxy, decided once
-    allowed_hosts: frozenset[str]  # Host/Origin names accepted
+    allowed_hosts: frozenset[str]  # Host names accepted
+    allowed_origins: frozenset[str]  # Origin hosts accepted (no loopback ones on a gateway)
     headers: Mapping[str, HeaderRules]  # route name -> header hygiene and edits
     addresses: PublicAddress  # the scheme and host clients use (public_url, trusted proxies)
     service_tokens: Mapping[str, ServiceToken]  # route name -> its identity's token, its scope
@@ -75,6 +76,7 @@ class State:
             links=LinkRewriter(routes),
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),
+            allowed_origins=allowed_origins(config.server),
             headers={r.name: HeaderRules(r.edits, names_member=for_member(r)) for r in routes},
             addresses=PublicAddress(config.server),
             service_tokens={r.name: ServiceToken(providers[r.identity], r.scope) for r in routes},
@@ -111,6 +113,7 @@ def _providers(
             msal_provider(identity, config.outbound),
             name=name,
             wait_timeout=config.tokens.wait_timeout,
+            min_refresh_interval=config.tokens.min_refresh_interval,
         )
     return providers
 
@@ -134,6 +137,7 @@ def _members(config: Config, previous: State | None) -> dict[str, MemberTokens]:
             ConfidentialProvider(config.identities[name], config.outbound),
             name=name,
             wait_timeout=config.tokens.wait_timeout,
+            min_refresh_interval=config.tokens.min_refresh_interval,
         )
     return found
 

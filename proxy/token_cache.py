@@ -29,8 +29,8 @@ class _Entry:
     """The cache for one key: current token, the one fetch in flight, and the timer."""
 
     __slots__ = (
-        "cached", "context", "error", "errors", "failures", "last_refresh", "retry_at",
-        "successes", "task", "timer", "token",
+        "cached", "context", "error", "errors", "failures", "forced_at", "last_refresh",
+        "limited", "retry_at", "successes", "task", "timer", "token",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -43,6 +43,8 @@ class _Entry:
         self.failures = 0
         self.retry_at = 0.0
         self.last_refresh: float | None = None
+        self.forced_at: float | None = None  # when an upstream's refusal last dropped the token
+        self.limited = 0  # refusals since then that could not force another refresh
         # Counters for metrics: token requests by result, and errors by Entra's error code.
         self.successes = 0
         self.errors: dict[str, int] = {}
@@ -84,6 +86,7 @@ class TokenCache(Generic[K]):
         name: str = "",
         wait_timeout: float = 5.0,
         max_backoff: float = 60.0,
+        min_refresh_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         entries: MutableMapping[K, _Entry] | None = None,
         refresh_on_use: bool = False,
@@ -93,6 +96,7 @@ class TokenCache(Generic[K]):
         self._name = name  # the identity, for log events
         self._wait_timeout = wait_timeout
         self._max_backoff = max_backoff
+        self._min_refresh_interval = min_refresh_interval
         self._clock = clock
         self._entries: MutableMapping[K, _Entry] = {} if entries is None else entries
         self._on_use = refresh_on_use
@@ -133,11 +137,28 @@ class TokenCache(Generic[K]):
             raise self._unavailable(result, entry.retry_at - self._clock())
         return result
 
-    def drop(self, key: K, token: Token) -> None:
-        """Forget ``token`` if it is still the current one for ``key``."""
+    def drop(self, key: K, token: Token) -> bool:
+        """Forget ``token`` if it is still the current one for ``key``, at most once per
+        ``min_refresh_interval`` per key: an upstream that refuses every token (a missing role,
+        a wrong audience) would otherwise turn each request into a token request. True when the
+        next :meth:`get` gives another token (worth a retry), False when it would not."""
         entry = self._entries.get(key)
-        if entry is not None and entry.token is not None and entry.token.value == token.value:
-            entry.token = entry.cached = None
+        if entry is None or entry.token is None or entry.token.value != token.value:
+            return True  # already replaced (or being fetched): the retry costs no token request
+        now = self._clock()
+        if entry.forced_at is not None and now - entry.forced_at < self._min_refresh_interval:
+            entry.limited += 1
+            if entry.limited == 1:  # once per interval: a storm must not become a log flood
+                log.warning(
+                    "token.refresh_limited",
+                    identity=self._name,
+                    **self._log_fields(key),
+                    min_refresh_interval=self._min_refresh_interval,
+                )
+            return False
+        entry.forced_at, entry.limited = now, 0
+        entry.token = entry.cached = None
+        return True
 
     def status(self, key: K) -> ScopeStatus | None:
         e = self._entries.get(key)
@@ -257,6 +278,7 @@ class CachingProvider:
         name: str = "",
         wait_timeout: float = 5.0,
         max_backoff: float = 60.0,
+        min_refresh_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._inner = inner
@@ -265,6 +287,7 @@ class CachingProvider:
             name=name,
             wait_timeout=wait_timeout,
             max_backoff=max_backoff,
+            min_refresh_interval=min_refresh_interval,
             clock=clock,
         )
 
@@ -277,9 +300,11 @@ class CachingProvider:
     async def token(self, scope: str) -> Token:
         return await self._cache.get(scope)
 
-    def invalidate(self, token: Token) -> None:
-        self._cache.drop(token.scope, token)
+    def invalidate(self, token: Token) -> bool:
+        if not self._cache.drop(token.scope, token):
+            return False
         self._inner.invalidate(token)
+        return True
 
     def status(self) -> Mapping[str, ScopeStatus]:
         found = {scope: self._cache.status(scope) for scope in self._cache.known()}

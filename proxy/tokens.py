@@ -3,7 +3,8 @@
 A provider has one small interface (:class:`TokenProvider`): ``await token(scope)``,
 ``invalidate(token)``, ``status()`` and ``await close()``; callers need nothing else. The MSAL
 providers in :mod:`proxy.identity` ask Entra ID every time; :mod:`proxy.token_cache` wraps them
-with the cache (single flight, refresh ahead, backoff).
+with the cache (single flight, refresh ahead, backoff, and at most one refresh forced by an
+upstream's 401 per ``tokens.min_refresh_interval``).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ class TokenProvider(Protocol):
         """A token for ``scope``; raises ``TokenError`` or ``TokenUnavailable``."""
         ...
 
-    def invalidate(self, token: Token) -> None:
-        """The upstream refused ``token``: do not hand it out again."""
+    def invalidate(self, token: Token) -> bool:
+        """The upstream refused ``token``: do not hand it out again, if allowed. True when the
+        next ``token(scope)`` gives another token (worth a retry); False when it would be the
+        same one (a refresh was forced too recently: the refusal stands)."""
         ...
 
     def status(self) -> Mapping[str, ScopeStatus]:

@@ -149,6 +149,11 @@ def test_every_problem_listed_by_key_path() -> None:
 [server]
 port = "eighty"
 bogus = 1
+header_timeout = 0
+idle_timeout = "long"
+max_connections = 0
+[tokens]
+min_refresh_interval = -1
 [outbound]
 read_timeout = -1
 ca_file = "does-not-exist.pem"
@@ -174,6 +179,10 @@ identity = "zzz"
     for expected in [
         "server.port: must be an integer",
         "server.bogus: unknown key",
+        "server.header_timeout: must be a positive number",
+        "server.idle_timeout: must be a number",
+        "server.max_connections: must be 1 or more",
+        "tokens.min_refresh_interval: must be 0 or more seconds",
         "outbound.read_timeout: must be a positive number",
         "outbound.ca_file: no such file",
         "identities.a.authority_host: must be an https:// origin",

@@ -120,8 +120,8 @@ class Scripted:
         now = time.monotonic()
         return Token(f"tok-{len(self.calls)}", scope, now + 3600, 3600, time.time() + 3600)
 
-    def invalidate(self, token: Token) -> None:
-        return None
+    def invalidate(self, token: Token) -> bool:
+        return True
 
     def status(self) -> Mapping[str, ScopeStatus]:
         return {}
@@ -196,6 +196,95 @@ async def test_upstream_401_never_loops(
             assert resp.status == 401
             assert resp.headers["WWW-Authenticate"] == "Bearer"
     assert calls == 2
+
+
+async def test_401_storm_forces_one_refresh_per_min_refresh_interval(
+    start_proxy: StartProxy, idp: IdentityProvider, client: aiohttp.ClientSession
+) -> None:
+    """An API that never accepts the token: 30 requests make one forced refresh, not 30; the
+    rest pass their 401 through untried; after tokens.min_refresh_interval, one more."""
+    tokens_seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        tokens_seen.append(bearer_of(request))
+        return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+
+    async with upstream(handler) as url:
+        proxy = await start_proxy(
+            [{"name": "u", "prefix": "/u", "upstream": url}],
+            tokens={"min_refresh_interval": 1.5},
+        )
+        for _ in range(30):
+            async with client.get(f"{proxy.url}/u/x") as resp:
+                assert resp.status == 401
+        assert len(idp.requests) == 2  # the first token, and one forced refresh
+        assert len(tokens_seen) == 31  # one retry, for the first 401 only
+        await asyncio.sleep(1.6)
+        async with client.get(f"{proxy.url}/u/x") as resp:
+            assert resp.status == 401
+        assert len(idp.requests) == 3
+        assert len(tokens_seen) == 33
+
+
+async def test_concurrent_401s_share_one_forced_refresh(
+    start_proxy: StartProxy, idp: IdentityProvider, client: aiohttp.ClientSession
+) -> None:
+    """Requests refused with the same token at once retry with the one fresh token."""
+    refused: set[str] = set()
+
+    async def handler(request: web.Request) -> web.Response:
+        token = bearer_of(request)
+        if not refused:
+            refused.add(token)
+        if token in refused:
+            await asyncio.sleep(0.2)  # all of them are in flight with the first token
+            return web.Response(status=401)
+        return web.Response(text="ok")
+
+    async with upstream(handler) as url:
+        proxy = await start_proxy([{"name": "u", "prefix": "/u", "upstream": url}])
+
+        async def one() -> int:
+            async with client.get(f"{proxy.url}/u/x") as resp:
+                return resp.status
+
+        assert await asyncio.gather(*(one() for _ in range(10))) == [200] * 10
+    assert len(idp.requests) == 2
+
+
+async def test_min_refresh_interval_zero_refreshes_for_every_401(
+    start_proxy: StartProxy, idp: IdentityProvider, client: aiohttp.ClientSession
+) -> None:
+    """tokens.min_refresh_interval = 0 turns the limit off."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=401)
+
+    async with upstream(handler) as url:
+        proxy = await start_proxy(
+            [{"name": "u", "prefix": "/u", "upstream": url}], tokens={"min_refresh_interval": 0}
+        )
+        for _ in range(3):
+            async with client.get(f"{proxy.url}/u/x") as resp:
+                assert resp.status == 401
+    assert len(idp.requests) == 4
+
+
+async def test_invalidate_is_limited_per_scope() -> None:
+    """The limit is per (identity, scope): a refusal in one scope leaves another free, and a
+    limited invalidate keeps the token in use."""
+    source = Scripted([])
+    cache = CachingProvider(source, min_refresh_interval=60)
+    a1, b1 = await cache.token("a"), await cache.token("b")
+    assert cache.invalidate(a1) is True
+    a2 = await cache.token("a")
+    assert cache.invalidate(a2) is False
+    assert (await cache.token("a")).value == a2.value
+    assert cache.invalidate(a1) is True  # stale: the current one differs, no refresh needed
+    assert cache.invalidate(b1) is True
+    assert (await cache.token("b")).value != b1.value
+    assert len(source.calls) == 4
+    await cache.close()
 
 
 @pytest.mark.parametrize("chunked", [False, True])

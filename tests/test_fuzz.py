@@ -2,8 +2,15 @@
 
 - For every path the hygiene rules accept, the URL sent upstream has the route's scheme, host
   and port, and stays under the upstream's base path.
-- Raw request bytes thrown at a running proxy never crash it: no 500, no unhandled exception
-  logged, and every answer is a well-formed HTTP response or a clean close.
+- No decoration of a denied path (case, trailing slash or dot, spaces, ``;params``, their
+  percent-encodings, doubled slashes) gets past the deny rule (issue 13, item 1).
+- Never an outbound proxy for a loopback or plain-http destination (item 3).
+- Raw request bytes thrown at running proxies never crash them: no 500, no unhandled exception
+  logged, and every answer is a well-formed HTTP response or a clean close. The inputs include
+  method-override headers, header values that are not UTF-8, ``//`` after a prefix, odd path
+  endings and loopback ``Origin``s sent to a gateway (items 2, 7, 10), against proxies with
+  per-client concurrency caps, short head and body timeouts and a route taking overrides
+  (items 4, 5).
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.config import from_dict
-from proxy.errors import ProxyError
-from proxy.hygiene import check_request
+from proxy.config import OutboundConfig, from_dict
+from proxy.errors import PathNotAllowed, ProxyError
+from proxy.hygiene import check_request, check_stripped_path
+from proxy.policy import Policy
 from proxy.routing import RouteTable
 from proxy.testing import EchoUpstream
 
@@ -74,6 +82,11 @@ def test_accepted_paths_stay_on_the_route_upstream(target: str) -> None:
         return
     matched = TABLE.match(target)
     assert matched is not None  # the "/" route takes everything
+    if matched.route.strip_prefix:
+        try:  # as the guard does once the route is known
+            check_stripped_path(target, matched.route.prefix)
+        except ProxyError:
+            return
     upstream = URL(matched.route.upstream)
     url = matched.url
     assert (url.scheme, url.host, url.port) == (upstream.scheme, upstream.host, upstream.port)
@@ -85,6 +98,97 @@ def test_accepted_paths_stay_on_the_route_upstream(target: str) -> None:
     assert (url.raw_path + "/").startswith(base)
     resolved = posixpath.normpath(unquote(url.raw_path)) + "/"
     assert resolved.replace("//", "/").startswith(base), (target, url)
+    assert not url.raw_path.startswith("//")  # never a network-path reference upstream
+
+
+# --- property: a denied path cannot be dressed up to pass (issue 13, item 1) --------------
+
+DENY_ROUTE = from_dict(
+    {
+        "identities": {"i": {"tenant_id": "t", "client_id": "c", "client_secret": "s"}},
+        "routes": [
+            {
+                "name": "p",
+                "prefix": "/p",
+                "upstream": "https://p.example",
+                "deny_paths": ["/roles", "/admin/**", "/**/delete*"],
+            }
+        ],
+    },
+    {},
+    base_dir=Path(),
+).routes[0]
+DENY_POLICY = Policy(DENY_ROUTE)
+DENIED = [["roles"], ["admin"], ["admin", "users", "1"], ["deleteAll"], ["e", "x", "DeleteAudit"]]
+_BEFORE = st.sampled_from(["", "", "%20", "%C2%A0", " "])
+_AFTER = st.sampled_from(["", "", ".", "..", "%2e", "%2E%2e", "%20", "%C2%A0", ";x=1", "%3Bx=1"])
+_SEPARATOR = st.sampled_from(["/", "/", "//", "%2F"])
+
+
+@st.composite
+def dressed_up(draw: st.DrawFn) -> str:
+    """A denied path with every segment decorated as some server would ignore."""
+    segments = draw(st.sampled_from(DENIED))
+    out = ""
+    for segment in segments:
+        flips = draw(st.lists(st.booleans(), min_size=len(segment), max_size=len(segment)))
+        cased = "".join(c.upper() if f else c.lower() for c, f in zip(segment, flips, strict=True))
+        out += draw(_SEPARATOR) + draw(_BEFORE) + cased + draw(_AFTER)
+    return "/p" + out + draw(st.sampled_from(["", "/", "//", "?x=1", "/?q=/roles"]))
+
+
+@settings(max_examples=1500, deadline=None, database=None)
+@given(target=dressed_up())
+def test_denied_paths_cannot_be_dressed_up(target: str) -> None:
+    try:
+        check_request("GET", target, HOST)
+        check_stripped_path(target, "/p")
+    except ProxyError:
+        return  # refused before any rule: also not forwarded
+    with pytest.raises(PathNotAllowed):
+        DENY_POLICY.check("GET", target)
+
+
+# --- property: no outbound proxy for loopback or plain http (issue 13, item 3) ------------
+
+_HOSTS = st.sampled_from(
+    [
+        "localhost",
+        "LOCALHOST",
+        "127.0.0.1",
+        "127.9.8.7",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "api.example",
+        "10.0.0.1",
+        "[fd00::1]",
+        "org.crm.dynamics.com",
+    ]
+)
+_LOOPBACK = {"localhost", "127.0.0.1", "127.9.8.7", "[::1]", "[::ffff:127.0.0.1]"}
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    scheme=st.sampled_from(["http", "https", "HTTPS"]),
+    host=_HOSTS,
+    port=st.sampled_from(["", ":443", ":8080"]),
+    configured=st.sampled_from(["outbound", "https_proxy", "all_proxy", "http_proxy"]),
+)
+def test_never_an_outbound_proxy_for_loopback_or_plain_http(
+    scheme: str, host: str, port: str, configured: str
+) -> None:
+    proxy = "http://corp-proxy:3128"
+    outbound = (
+        OutboundConfig(proxy=proxy)
+        if configured == "outbound"
+        else OutboundConfig(proxy_env={configured: proxy})
+    )
+    chosen = outbound.proxy_for(f"{scheme}://{host}{port}/x")
+    if scheme == "http" or host.lower() in _LOOPBACK or configured == "http_proxy":
+        assert chosen is None
+    else:
+        assert chosen == proxy
 
 
 # --- fuzz: raw bytes at a running proxy ---------------------------------------------------
@@ -99,6 +203,15 @@ TARGETS = [
     "http://evil.example/",
     "evil.example:443",
     "//x",
+    "/echo//x",
+    "/ro//x",
+    "/ro/x/",
+    "/ro/X.",
+    "/ro/x%20",
+    "/ro/x;y=1",
+    "/ro/x%2e",
+    "/ro/x%C2%A0",
+    "/mo/x",
     "/_proxy/readyz",
     "/_proxy/livez",
     "/_proxy/x",
@@ -117,6 +230,9 @@ HEADER_NAMES = [
     "Authorization",
     "Cookie",
     "x-ms-client-request-id",
+    "X-HTTP-Method",
+    "X-HTTP-Method-Override",
+    "X-Method-Override",
 ]
 HEADER_VALUES = [
     "localhost",
@@ -136,6 +252,18 @@ HEADER_VALUES = [
     f"Bearer {KEY}",
     "Basic OmtleQ==",
     "Basic !!",
+    "DELETE",
+    "get",
+    "TRACE",
+    "http://localhost:3000",
+    "https://gw.corp.example",
+    "gw.corp.example",
+    # Bytes that are not UTF-8 (written with surrogateescape), and UTF-8 that is not ASCII.
+    "\udcff",
+    "caf\udcc3",
+    "\udcc0\udcae",
+    "café",
+    "\u00a0x",
 ]
 _TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
 
@@ -228,11 +356,22 @@ async def fuzz_proxies(start_proxy: StartProxy, echo: EchoUpstream) -> list[Prox
             "deny_paths": ["/x*"],
             "max_body_bytes": 8,
         },
+        {
+            "name": "mo",
+            "prefix": "/mo",
+            "upstream": echo.url,
+            "methods": ["GET", "POST"],
+            "allow_method_override": True,
+        },
     ]
-    client = {"name": "fuzz", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    client = {"name": "fuzz", "key_sha256": digest, "max_concurrency": 1}
+    quick = {"header_timeout": 1, "body_timeout": 1, "idle_timeout": 2}
+    gateway = {"host": "0.0.0.0", "allowed_hosts": ["gw.corp.example"]}  # noqa: S104  # config only: bound to 127.0.0.1
     return [
-        await start_proxy(routes),
-        await start_proxy(routes, access={"clients": [client]}),
+        await start_proxy(routes, server=quick),
+        await start_proxy(routes, access={"clients": [client]}, server=quick),
+        await start_proxy(routes, access={"clients": [client]}, server=gateway),
     ]
 
 
@@ -265,7 +404,7 @@ def crashes() -> object:
     # One pair of proxies serves every example: that is the point of the fixture.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(raw=http_requests() | st.binary(max_size=200), which=st.integers(0, 1))
+@given(raw=http_requests() | st.binary(max_size=200), which=st.integers(0, 2))
 async def test_fuzz_raw_requests(
     fuzz_proxies: list[Proxy], crashes: _Errors, raw: bytes, which: int
 ) -> None:

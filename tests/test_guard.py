@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,10 +15,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.access import exposure_problem
-from proxy.browsers import allowed_hosts, check_browser
+from proxy.browsers import allowed_hosts, allowed_origins, check_browser
 from proxy.config import from_dict
 from proxy.errors import ProxyError
-from proxy.hygiene import check_request
+from proxy.hygiene import check_request, check_stripped_path
 from proxy.testing import EchoUpstream
 
 from .conftest import StartProxy, raw_exchange
@@ -513,3 +514,164 @@ async def test_reserved_prefix_is_judged_decoded(
     async with client.get(f"{proxy.url}/_proxy/nothing") as resp:
         assert resp.status == 404
     assert echo.requests == []
+
+
+# -- odd bytes (issue 13, item 7) ------------------------------------------------------------
+
+ODD_KEY = "ppk_odd-bytes-key"
+
+
+@pytest.mark.parametrize("access", [False, True], ids=["open", "clients"])
+@pytest.mark.parametrize("value", [b"a\xffb", b"caf\xc3", b"\x80", b"\xc0\xae"])
+async def test_header_value_not_utf8_is_400_never_500(
+    start_proxy: StartProxy, echo: EchoUpstream, access: bool, value: bytes
+) -> None:
+    """A header value that is not UTF-8 is refused with a JSON 400 and never forwarded, with
+    or without [access] clients (whose key removal copies the headers), and with the tap on."""
+    tables: dict[str, Any] = {"tap": {"enabled": True}}
+    if access:
+        digest = hashlib.sha256(ODD_KEY.encode()).hexdigest()
+        tables["access"] = {"clients": [{"name": "c", "key_sha256": digest}]}
+    proxy = await start_proxy(**tables)
+    raw = (
+        b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: " + ODD_KEY.encode() + b"\r\n"
+        b"X-Odd: " + value + b"\r\n\r\n"
+    )
+    response = await raw_exchange(proxy.url, raw)
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert head.split(b" ", 2)[1] == b"400"
+    assert json.loads(body)["error"] == "bad_request"
+    assert echo.requests == []
+
+
+async def test_utf8_header_value_forwarded_intact(
+    start_proxy: StartProxy, echo: EchoUpstream
+) -> None:
+    """Non-ASCII UTF-8 in a header value reaches the upstream byte for byte."""
+    proxy = await start_proxy()
+    value = "café €".encode()
+    raw = b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Name: " + value
+    raw += b"\r\n\r\n"
+    response = await raw_exchange(proxy.url, raw)
+    assert response.split(b" ", 2)[1] == b"200"
+    # The echo upstream shows raw header bytes as latin-1 text.
+    assert ("X-Name", value.decode("latin-1")) in echo.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [
+        ("/echo//providers", None),
+        ("/echo///x", None),
+        ("/echo//", None),
+        ("/echo/x//y", "/x//y"),
+        ("/echo/?a=//b", "/?a=//b"),
+        ("/echo?x=//y", "/?x=//y"),
+    ],
+)
+async def test_double_slash_after_the_prefix_is_400(
+    start_proxy: StartProxy, echo: EchoUpstream, target: str, forwarded: str | None
+) -> None:
+    """After the prefix is stripped, the path the upstream would see must not start with //,
+    the rule the whole target obeys; a // further in, or in the query, is forwarded."""
+    proxy = await start_proxy()
+    raw = f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    response = await raw_exchange(proxy.url, raw)
+    status = response.split(b" ", 2)[1]
+    if forwarded is None:
+        assert status == b"400"
+        assert echo.requests == []
+    else:
+        assert status == b"200"
+        assert echo.requests[0].raw_path == forwarded
+
+
+async def test_double_slash_kept_when_the_prefix_is_not_stripped(
+    start_proxy: StartProxy, echo: EchoUpstream
+) -> None:
+    """strip_prefix = false: the upstream sees /echo//x, whose path starts with one slash."""
+    proxy = await start_proxy(
+        [{"name": "echo", "prefix": "/echo", "upstream": echo.url, "strip_prefix": False}]
+    )
+    raw = b"GET /echo//x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    response = await raw_exchange(proxy.url, raw)
+    assert response.split(b" ", 2)[1] == b"200"
+    assert echo.requests[0].raw_path == "/echo//x"
+
+
+def test_stripped_path_rule() -> None:
+    check_stripped_path("/bap/providers", "/bap")
+    check_stripped_path("//x", "/")  # the "/" route strips nothing; the whole target's rule
+    with pytest.raises(ProxyError, match="//"):
+        check_stripped_path("/bap//providers", "/bap")
+
+
+# -- Origins on a gateway (issue 13, item 10) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "allowed", "origin", "expected"),
+    [
+        # A local proxy: pages on this machine are its own.
+        ("127.0.0.1", (), "http://localhost:3000", None),
+        ("localhost", ("gw.corp.example",), "http://127.0.0.1:5173", None),
+        # A gateway: only the names it is configured to be reached by.
+        (ANY, ("gw.corp.example",), "http://localhost:3000", "cross_site_request"),
+        (ANY, ("gw.corp.example",), "http://127.0.0.1:8080", "cross_site_request"),
+        (ANY, ("gw.corp.example",), "http://[::1]:8080", "cross_site_request"),
+        ("10.1.2.3", ("gw.corp.example",), "http://localhost", "cross_site_request"),
+        (ANY, ("gw.corp.example",), "https://gw.corp.example", None),
+        (ANY, ("gw.corp.example",), "https://GW.corp.example:8443", None),
+        (ANY, ("gw.corp.example",), "https://evil.example", "cross_site_request"),
+        (ANY, ("gw.corp.example", "localhost"), "http://localhost:3000", None),  # listed
+    ],
+)
+def test_loopback_origins_not_trusted_on_a_gateway(
+    listen: str, allowed: tuple[str, ...], origin: str, expected: str | None
+) -> None:
+    """On a non-loopback listener an Origin must match server.allowed_hosts (or public_url):
+    a page on the user's own machine is another site to a gateway reached by its name."""
+    raw = {
+        "server": {"host": listen, "allowed_hosts": list(allowed)},
+        "access": {"clients": [{"name": "c", "key_sha256": KEY_SHA}]},
+        **_MINIMAL,
+    }
+    server = from_dict(raw, {}, base_dir=Path()).server
+    h = CIMultiDict(Host="gw.corp.example" if allowed else "localhost", Origin=origin)
+    found = None
+    try:
+        check_browser(h, allowed_hosts(server), (), allowed_origins(server))
+    except ProxyError as e:
+        found = e.code
+    assert found == expected
+
+
+def test_public_url_host_is_a_trusted_origin_on_a_gateway() -> None:
+    raw = {
+        "server": {"host": ANY, "public_url": "https://ppgw.corp.example"},
+        "access": {"clients": [{"name": "c", "key_sha256": KEY_SHA}]},
+        **_MINIMAL,
+    }
+    assert allowed_origins(from_dict(raw, {}, base_dir=Path()).server) == {"ppgw.corp.example"}
+
+
+async def test_gateway_refuses_a_page_on_localhost_end_to_end(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A proxy configured to listen on all interfaces (bound here to 127.0.0.1 by the test)
+    refuses a request from a page on http://localhost:3000 and takes one from its own name."""
+    proxy = await start_proxy(
+        server={"host": ANY, "allowed_hosts": ["gw.corp.example"]},
+        access={"clients": [{"name": "c", "key_sha256": KEY_SHA}]},
+    )
+    key = {"X-Api-Key": "k", "Host": "gw.corp.example"}
+    async with client.post(
+        f"{proxy.url}/echo/x", headers={**key, "Origin": "http://localhost:3000"}
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"] == "cross_site_request"
+    async with client.post(
+        f"{proxy.url}/echo/x", headers={**key, "Origin": "https://gw.corp.example"}
+    ) as resp:
+        assert resp.status == 200
+    assert len(echo.requests) == 1

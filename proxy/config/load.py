@@ -145,8 +145,13 @@ def _no_cleartext_through_proxy(
 
 
 def _tokens(t: Mapping[str, Any], p: Problems) -> TokensConfig:
-    only(t, {"wait_timeout", "prefetch"}, "tokens", p)
-    wait = get(t, "wait_timeout", float, "tokens", p, TokensConfig().wait_timeout)
+    d = TokensConfig()
+    only(t, {"wait_timeout", "prefetch", "min_refresh_interval"}, "tokens", p)
+    wait = get(t, "wait_timeout", float, "tokens", p, d.wait_timeout)
     if wait <= 0:
         p.add("tokens.wait_timeout", "must be a positive number of seconds")
-    return TokensConfig(wait, get(t, "prefetch", bool, "tokens", p, TokensConfig().prefetch))
+    interval = get(t, "min_refresh_interval", float, "tokens", p, d.min_refresh_interval)
+    if interval < 0:
+        p.add("tokens.min_refresh_interval", "must be 0 or more seconds")
+    prefetch = get(t, "prefetch", bool, "tokens", p, d.prefetch)
+    return TokensConfig(wait, prefetch, interval)

@@ -65,6 +65,9 @@ class ServerConfig:
     public_url: str | None = None  # scheme://host[:port] clients use, e.g. behind a reverse proxy
     trusted_proxies: tuple[str, ...] = ()  # networks whose Forwarded / X-Forwarded-* count
     state_dir: Path | None = None  # the proxy's own files (the local CA); None: none known
+    header_timeout: float = 10.0  # seconds a request head may take to arrive
+    idle_timeout: float = 75.0  # seconds a kept-alive connection may wait for its next request
+    max_connections: int = 1000  # per process; more wait in the kernel's backlog
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,7 @@ def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
 class TokensConfig:
     wait_timeout: float = 5.0
     prefetch: bool = True
+    min_refresh_interval: float = 10.0  # seconds between two refreshes forced by upstream 401s
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,9 @@ _KEYS = {
     "public_url",
     "trusted_proxies",
     "body_timeout",
+    "header_timeout",
+    "idle_timeout",
+    "max_connections",
 }
 _TLS_FILE_KEYS = ("tls_cert", "tls_key", "tls_key_password", "tls_key_password_file")
 LOCAL_TLS_FOLDER = "tls"  # below server.state_dir: the local CA and its certificate
@@ -107,7 +110,18 @@ def parse_server(
         trusted_proxies=_trusted_proxies(t, p),
         state_dir=folder,
         body_timeout=_seconds(t, "body_timeout", d.body_timeout, p),
+        header_timeout=_seconds(t, "header_timeout", d.header_timeout, p),
+        idle_timeout=_seconds(t, "idle_timeout", d.idle_timeout, p),
+        max_connections=_max_connections(t, d.max_connections, p),
     )
+
+
+def _max_connections(t: Mapping[str, Any], default: int, p: Problems) -> int:
+    value: int = get(t, "max_connections", int, "server", p, default)
+    if value < 1:
+        p.add("server.max_connections", f"must be 1 or more, got {value}")
+        return default
+    return value
 
 
 def _seconds(t: Mapping[str, Any], key: str, default: float, p: Problems) -> float:

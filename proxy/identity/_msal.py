@@ -230,8 +230,8 @@ class MsalProvider:
     async def token(self, scope: str) -> Token:
         return await self._run(lambda app: self._acquire(app, scope), scope)
 
-    def invalidate(self, token: Token) -> None:
-        return None
+    def invalidate(self, token: Token) -> bool:
+        return True  # nothing is kept here: the next token is asked of Entra ID
 
     def status(self) -> Mapping[str, ScopeStatus]:
         return {}  # nothing is kept here: CachingProvider keeps the status

@@ -113,6 +113,7 @@ class MemberTokens:
         *,
         name: str = "",
         wait_timeout: float = 5.0,
+        min_refresh_interval: float = 10.0,
         max_members: int = MAX_MEMBERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -122,6 +123,7 @@ class MemberTokens:
             self._fetch,
             name=name,
             wait_timeout=wait_timeout,
+            min_refresh_interval=min_refresh_interval,
             clock=clock,
             entries=LRUCache(max_members),
             refresh_on_use=True,
@@ -139,9 +141,10 @@ class MemberTokens:
         (used only when a new token must be asked for)."""
         return await self._cache.get((oid, scope), assertion)
 
-    def invalidate(self, oid: str, token: Token) -> None:
-        """The upstream refused ``token``: the member's next request gets a new one."""
-        self._cache.drop((oid, token.scope), token)
+    def invalidate(self, oid: str, token: Token) -> bool:
+        """The upstream refused ``token``: the member's next request gets a new one (at most
+        once per ``tokens.min_refresh_interval``); whether a retry would get another token."""
+        return self._cache.drop((oid, token.scope), token)
 
     def status(self) -> Mapping[str, ScopeStatus]:
         """Token requests so far per scope, all members together (metrics never name one)."""
