@@ -110,7 +110,6 @@ class Forwarder:
             acting.token_source(route, state, request.get(SIGNED_IN)),
             state.upstream_proxies[route.name],
             rules,
-            trusted_proxy=state.addresses.forwarding(request).trusted,
         )
         async with upstream:
             exchange.respond(upstream.status, upstream.reason, upstream.headers.items())

@@ -35,20 +35,15 @@ async def send(
     source: TokenSource,
     proxy: str | None,
     headers: HeaderRules,
-    *,
-    trusted_proxy: bool = False,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
-    with the token from ``source``, ``headers`` rules and outbound ``proxy``; ``trusted_proxy``:
-    the request came through a trusted proxy, whose forwarding headers go upstream too."""
+    with the token from ``source``, ``headers`` rules and outbound ``proxy``."""
     waited = time.perf_counter()
     token = await source.token()
     exchange.token_source = token.source
     exchange.token_wait_ms = round((time.perf_counter() - waited) * 1000, 2)
     sent = time.perf_counter()
-    upstream = await _call(
-        session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
-    )
+    upstream = await _call(session, request, exchange, target, body, token, source, proxy, headers)
     if upstream.status == 401 and body.replayable:
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
         # one, get a fresh one and try once more. Never twice.
@@ -57,7 +52,7 @@ async def send(
         token = await source.token()
         exchange.retried_401 = True
         upstream = await _call(
-            session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
+            session, request, exchange, target, body, token, source, proxy, headers
         )
     exchange.upstream_ms = round((time.perf_counter() - sent) * 1000, 2)
     return upstream
@@ -73,7 +68,6 @@ async def _call(
     source: TokenSource,
     proxy: str | None,
     rules: HeaderRules,
-    trusted_proxy: bool,
 ) -> aiohttp.ClientResponse:
     route = target.route
     headers = rules.request(
@@ -81,7 +75,6 @@ async def _call(
         token=token.value,
         request_id=exchange.request_id,
         content_length=body.content_length,
-        trusted_proxy=trusted_proxy,
         extra=source.headers,
     )
     exchange.upstream_url = target.url
