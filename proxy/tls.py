@@ -35,26 +35,29 @@ class ListenerTLS:
     """The listeners' TLS context (``context``, given to every site) and what it serves."""
 
     def __init__(self, settings: TlsConfig) -> None:
-        self._current = _context(settings)
+        self._current = _context(settings, create_ca=True)
         self.context = self._current
         self.context.sni_callback = self._hand_over
 
     def reload(self, settings: TlsConfig) -> None:
         """Serve the certificate ``settings`` name (files read again) to new connections; on
-        TlsError the certificate served so far stays."""
-        self._current = _context(settings)
+        TlsError the certificate served so far stays. With ``tls = "local"`` the certificate is
+        renewed when due, but a CA that is gone is not made again: clients would not trust the
+        new one, and only a start says how."""
+        self._current = _context(settings, create_ca=False)
 
     def _hand_over(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         if connection.context is not self._current:
             connection.context = self._current
 
 
-def prepare_local(settings: TlsConfig) -> localca.Outcome | None:
-    """For ``tls = "local"``: the CA and the certificate, made or renewed when needed."""
+def prepare_local(settings: TlsConfig, *, create_ca: bool = True) -> localca.Outcome | None:
+    """For ``tls = "local"``: the CA (unless not ``create_ca``) and the certificate, made or
+    renewed when needed."""
     if settings.local_dir is None:
         return None
     try:
-        outcome = localca.ensure(settings.local_dir)
+        outcome = localca.ensure(settings.local_dir, create_ca=create_ca)
     except localca.LocalCAError as e:
         raise TlsError(str(e)) from None
     if outcome.created_ca:
@@ -63,12 +66,19 @@ def prepare_local(settings: TlsConfig) -> localca.Outcome | None:
         log.info("tls.local_certificate_issued", certificate=str(outcome.server_pem))
     if outcome.modes_fixed:
         log.warning("tls.local_modes_fixed", files=list(outcome.modes_fixed))
+    if outcome.ca_expiring() and outcome.ca_not_after is not None:
+        log.warning(
+            "tls.local_ca_expiring",
+            ca=str(outcome.ca_cert),
+            not_after=outcome.ca_not_after.isoformat(),
+            message=f"the local CA expires soon: {localca.RENEW_CA}",
+        )
     return outcome
 
 
-def _context(settings: TlsConfig) -> ssl.SSLContext:
+def _context(settings: TlsConfig, *, create_ca: bool) -> ssl.SSLContext:
     """A server context with the chain and key ``settings`` name, checked before use."""
-    prepare_local(settings)
+    prepare_local(settings, create_ca=create_ca)
     try:
         password = settings.password()
         leaf = check_server_pair(settings.cert, settings.key, password)
