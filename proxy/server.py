@@ -105,7 +105,7 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: boo
     when [server] has TLS); the main address."""
     reuse = reuse_port or None
     tls = runner.app[RUNTIME].tls
-    context = tls.context if tls is not None else None
+    context = tls.listening(host, port) if tls is not None else None
     scheme = "http" if tls is None else "https"
     await web.TCPSite(runner, host, port, reuse_port=reuse, ssl_context=context).start()
     address = _address(scheme, runner.addresses[0])
@@ -113,7 +113,8 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: boo
     log.info("server.listening", address=address, event_loop=loop)
     for route in runner.app[RUNTIME].state.config.routes:
         if route.port is not None:  # the route's own listener: no prefix needed there
-            site = web.TCPSite(runner, host, route.port, reuse_port=reuse, ssl_context=context)
+            own_context = tls.listening(host, route.port) if tls is not None else None
+            site = web.TCPSite(runner, host, route.port, reuse_port=reuse, ssl_context=own_context)
             await site.start()
             own = _address(scheme, (host, route.port))
             log.info("server.listening", address=own, route=route.name)

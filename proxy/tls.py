@@ -1,19 +1,28 @@
-"""HTTPS on the listeners: one TLS context for ``server.port`` and every route's own port, whose
-certificate a reload replaces for new connections.
+"""HTTPS on the listeners: ``server.port`` and every route's own port serve the certificate
+of the newest TLS context, which a reload replaces for new connections.
 
-Replacing the chain with ``load_cert_chain`` on the listening context works only while the
-key type stays the same: OpenSSL keeps one certificate per key type in a context, so after an
+Replacing the chain with ``load_cert_chain`` on a listening context works only while the key
+type stays the same: OpenSSL keeps one certificate per key type in a context, so after an
 ECDSA -> RSA change it would go on presenting the old ECDSA certificate to every client that
-accepts ECDSA (seen with OpenSSL 3.0). Instead every reload builds a fresh context, and the
-listening one hands each new handshake over to the newest through its server-name callback,
-which OpenSSL calls for every ClientHello, with or without SNI. Connections already open keep
-the context they started with.
+accepts ECDSA (seen with OpenSSL 3.0). Instead every reload builds a fresh context, and each
+listener's own context (which holds no certificate) hands every new handshake over to the
+newest through its server-name callback, which OpenSSL calls for every ClientHello, with or
+without SNI. Connections already open keep the context they started with.
+
+A client that speaks plain HTTP to such a port fails the handshake, and asyncio and uvloop
+close the connection without a word to anyone. Each listener's context therefore makes its
+TLS objects of a class that notices that failure (OpenSSL's ``HTTP_REQUEST``, or
+``WRONG_VERSION_NUMBER`` for methods it does not recognise) and logs ``tls.plain_http`` at
+most once per ``PLAIN_HTTP_EVERY`` seconds per listener. No answer is sent: the event loop
+discards whatever is queued on a connection whose handshake failed, and answering would mean
+reading the first bytes of every connection before TLS starts.
 """
 
 from __future__ import annotations
 
 import datetime
 import ssl
+import time
 
 import structlog
 
@@ -25,6 +34,10 @@ log = structlog.get_logger("proxy")
 
 ALPN = ["http/1.1"]  # the listener speaks HTTP/1.1 only; ALPN says so (RFC 7301)
 EXPIRY_WARNING = datetime.timedelta(days=14)
+PLAIN_HTTP_EVERY = 10.0  # seconds between two tls.plain_http events of one listener
+# OpenSSL's reasons for a first record that is not TLS: a request line it recognises (GET, POST,
+# HEAD, PUT; CONNECT), or anything else that cannot be a TLS record header.
+_NOT_TLS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER"})
 
 
 class TlsError(Exception):
@@ -32,12 +45,21 @@ class TlsError(Exception):
 
 
 class ListenerTLS:
-    """The listeners' TLS context (``context``, given to every site) and what it serves."""
+    """What the listeners serve: each gets its own context (:meth:`listening`), and every one
+    hands its handshakes to the newest certificate."""
 
     def __init__(self, settings: TlsConfig) -> None:
         self._current = _context(settings, create_ca=True)
-        self.context = self._current
-        self.context.sni_callback = self._hand_over
+
+    def listening(self, host: str, port: int) -> ssl.SSLContext:
+        """The context for the listener on ``host:port``: no certificate of its own; each
+        handshake is handed to the current one, and plain HTTP sent to it is reported."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # fixed when the handshake starts
+        context.set_alpn_protocols(ALPN)
+        context.sni_callback = self._hand_over
+        context.sslobject_class = _watching(_PlainHttp(host, port))
+        return context
 
     def reload(self, settings: TlsConfig) -> None:
         """Serve the certificate ``settings`` name (files read again) to new connections; on
@@ -49,6 +71,46 @@ class ListenerTLS:
     def _hand_over(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         if connection.context is not self._current:
             connection.context = self._current
+
+
+class _PlainHttp:
+    """``tls.plain_http`` for one listener, at most once per ``PLAIN_HTTP_EVERY`` seconds."""
+
+    __slots__ = ("_last", "host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._last = -PLAIN_HTTP_EVERY
+
+    def seen(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last < PLAIN_HTTP_EVERY:
+            return
+        self._last = now
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        log.warning(
+            "tls.plain_http",
+            listener=f"{host}:{self.port}",
+            reason=reason,
+            message=f"a client sent plain HTTP (or something else that is not TLS) to this "
+            f"HTTPS listener: it must use https://, e.g. https://{host}:{self.port}/",
+        )
+
+
+def _watching(report: _PlainHttp) -> type[ssl.SSLObject]:
+    """A TLS object class (``SSLContext.sslobject_class``) whose failed handshakes that were
+    not TLS at all are reported to ``report``; anything else is left as it was."""
+
+    class Watched(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except ssl.SSLError as e:
+                if e.reason in _NOT_TLS:
+                    report.seen(e.reason)
+                raise
+
+    return Watched
 
 
 def prepare_local(settings: TlsConfig, *, create_ca: bool = True) -> localca.Outcome | None:
