@@ -105,18 +105,22 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: boo
     when [server] has TLS); the main address."""
     reuse = reuse_port or None
     tls = runner.app[RUNTIME].tls
-    context = tls.listening(host, port) if tls is not None else None
+    context = tls.listening() if tls is not None else None
     scheme = "http" if tls is None else "https"
     await web.TCPSite(runner, host, port, reuse_port=reuse, ssl_context=context).start()
     address = _address(scheme, runner.addresses[0])
+    if tls is not None and context is not None:
+        tls.bound(context, address)
     loop = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]  # asyncio or uvloop
     log.info("server.listening", address=address, event_loop=loop)
     for route in runner.app[RUNTIME].state.config.routes:
         if route.port is not None:  # the route's own listener: no prefix needed there
-            own_context = tls.listening(host, route.port) if tls is not None else None
+            own_context = tls.listening() if tls is not None else None
             site = web.TCPSite(runner, host, route.port, reuse_port=reuse, ssl_context=own_context)
             await site.start()
             own = _address(scheme, (host, route.port))
+            if tls is not None and own_context is not None:
+                tls.bound(own_context, own)
             log.info("server.listening", address=own, route=route.name)
     return address
 

@@ -50,16 +50,22 @@ class ListenerTLS:
 
     def __init__(self, settings: TlsConfig) -> None:
         self._current = _context(settings, create_ca=True)
+        self._reports: dict[ssl.SSLContext, _PlainHttp] = {}
 
-    def listening(self, host: str, port: int) -> ssl.SSLContext:
-        """The context for the listener on ``host:port``: no certificate of its own; each
-        handshake is handed to the current one, and plain HTTP sent to it is reported."""
+    def listening(self) -> ssl.SSLContext:
+        """A context for one more listener: no certificate of its own; each handshake is
+        handed to the current one, and plain HTTP sent to it is reported (:meth:`bound`)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # fixed when the handshake starts
         context.set_alpn_protocols(ALPN)
         context.sni_callback = self._hand_over
-        context.sslobject_class = _watching(_PlainHttp(host, port))
+        report = self._reports[context] = _PlainHttp()
+        context.sslobject_class = _watching(report)
         return context
+
+    def bound(self, context: ssl.SSLContext, address: str) -> None:
+        """Name the listener ``context`` serves once its port is known (``https://host:port``)."""
+        self._reports[context].address = address
 
     def reload(self, settings: TlsConfig) -> None:
         """Serve the certificate ``settings`` name (files read again) to new connections; on
@@ -76,10 +82,10 @@ class ListenerTLS:
 class _PlainHttp:
     """``tls.plain_http`` for one listener, at most once per ``PLAIN_HTTP_EVERY`` seconds."""
 
-    __slots__ = ("_last", "host", "port")
+    __slots__ = ("_last", "address")
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self) -> None:
+        self.address = "this listener"  # until bound
         self._last = -PLAIN_HTTP_EVERY
 
     def seen(self, reason: str) -> None:
@@ -87,13 +93,12 @@ class _PlainHttp:
         if now - self._last < PLAIN_HTTP_EVERY:
             return
         self._last = now
-        host = f"[{self.host}]" if ":" in self.host else self.host
         log.warning(
             "tls.plain_http",
-            listener=f"{host}:{self.port}",
+            listener=self.address,
             reason=reason,
-            message=f"a client sent plain HTTP (or something else that is not TLS) to this "
-            f"HTTPS listener: it must use https://, e.g. https://{host}:{self.port}/",
+            message=f"a client sent plain HTTP (or something else that is not TLS) to the HTTPS "
+            f"listener {self.address}: it must use https://, not http://",
         )
 
 
