@@ -145,7 +145,6 @@ class Forwarder:
             rules,
             state.gates[route.name],
             budget=budget,
-            trusted_proxy=state.addresses.forwarding(request).trusted,
         )
         async with upstream:
             exchange.respond(upstream.status, upstream.reason, upstream.headers.items())

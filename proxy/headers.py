@@ -28,9 +28,34 @@ HOP_BY_HOP = frozenset(
 # Expect was answered by the proxy, Authorization is replaced by the route's token, and the
 # client's cookies belong to the client.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "authorization", "cookie", "content-length"}
-# What a proxy in front says about the client's request: passed on only from a peer in
-# server.trusted_proxies (public_address.py); from anyone else it is a claim, not a fact.
-FORWARDING = frozenset({"forwarded", "x-forwarded-proto", "x-forwarded-host"})
+# What a proxy in front says about the client and the address it used: read only from a peer in
+# server.trusted_proxies (public_address.py) and never forwarded, from anyone. The proxy starts
+# a new request under its own identity and decides the client-facing address itself; an upstream
+# that built links from these would build them without the route's prefix (links the proxy
+# cannot map back) and would learn internal host names and client addresses. X-Original-URL and
+# X-Rewrite-URL are IIS's, which some upstream stacks read as the request target. Via names the
+# hops in front of the proxy (RFC 9110 §7.6.3); the proxy adds none of its own.
+FORWARDING = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "front-end-https",
+        "via",
+    }
+)
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 REQUEST_ID = "x-ms-client-request-id"
@@ -61,7 +86,6 @@ class HeaderRules:
     __slots__ = (
         "_request_default",
         "_request_drop",
-        "_request_drop_forwarded",
         "_request_set",
         "_response_drop",
         "_response_set",
@@ -69,10 +93,9 @@ class HeaderRules:
 
     def __init__(self, edits: RouteEdits | None = None, *, names_member: bool = False) -> None:
         edits = edits or RouteEdits()
-        self._request_drop_forwarded = _REQUEST_DROP | edits.remove_request_headers
+        self._request_drop = _REQUEST_DROP | FORWARDING | edits.remove_request_headers
         if names_member:  # only the proxy says whom Dataverse acts for on such a route
-            self._request_drop_forwarded |= _IMPERSONATION
-        self._request_drop = self._request_drop_forwarded | FORWARDING
+            self._request_drop |= _IMPERSONATION
         self._request_set = tuple(edits.set_request_headers.items())
         self._request_default = tuple(edits.default_request_headers.items())
         self._response_drop = _RESPONSE_DROP | edits.remove_response_headers
@@ -85,13 +108,11 @@ class HeaderRules:
         token: str,
         request_id: str,
         content_length: str | None,
-        trusted_proxy: bool = False,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> CIMultiDict[str]:
         """The headers to send upstream: cleaned, edited, the token, the token source's
-        ``extra`` headers (CallerObjectId) and the request id set. The forwarding headers stay
-        only when ``trusted_proxy`` sent them."""
-        out = _kept(incoming, self._request_drop_forwarded if trusted_proxy else self._request_drop)
+        ``extra`` headers (CallerObjectId) and the request id set."""
+        out = _kept(incoming, self._request_drop)
         for name, value in self._request_set:
             out[name] = value
         for name, value in self._request_default:

@@ -9,6 +9,12 @@ renamed, so a reader never sees half a file:
 - ``localhost.pem``: the listener's private key and certificate chain, in one file so that the
   key and the certificate are always replaced together.
 
+Every change happens under an exclusive lock on the folder (``flock`` on POSIX), so that
+processes sharing it — the workers of ``server.workers > 1`` reloading on SIGHUP, ``ppproxy
+ca`` run while the proxy serves — never make two CAs or mix one's key with another's
+certificate: the first renews, the others find its files. (Windows has no workers; there a
+concurrent ``ppproxy ca`` and first start are not serialised.)
+
 The CA carries X.509 name constraints: it can only vouch for ``localhost`` (and names under
 it), ``127.0.0.0/8`` and ``::1``. A client that trusts it cannot be fooled by it about any
 other site, even by someone who copies its key.
@@ -16,28 +22,29 @@ other site, even by someone who copies its key.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
-import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .localca_certs import NAMES as NAMES
+from .localca_certs import SERVER_DAYS as SERVER_DAYS
+from .localca_certs import new_ca, new_server_cert
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
 SERVER_PEM = "localhost.pem"
-NAMES = ("localhost", "127.0.0.1", "::1")
-CA_DAYS = 10 * 365
-# Apple's platforms refuse TLS server certificates valid for longer than 825 days, even from
-# a CA the user added (support.apple.com/HT210176).
-SERVER_DAYS = 825
 RENEW_DAYS = 30  # a certificate with less left is issued anew at start or reload
+CA_WARN_DAYS = 30  # a CA with less left is reported (tls.local_ca_expiring)
+RENEW_CA = "run `ppproxy ca --uninstall`, then start ppproxy again and trust the new CA"
 
 
 class LocalCAError(Exception):
@@ -52,6 +59,13 @@ class Outcome:
     created_ca: bool  # a new CA: clients must be told to trust it
     issued: bool  # a new certificate for the listener
     modes_fixed: tuple[str, ...] = ()  # files whose group/other permissions were removed
+    ca_not_after: datetime.datetime | None = None  # when the CA itself expires
+
+    def ca_expiring(self, now: datetime.datetime | None = None) -> bool:
+        """Whether the CA has less than ``CA_WARN_DAYS`` left (or has expired)."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        left = datetime.timedelta(days=CA_WARN_DAYS)
+        return self.ca_not_after is not None and self.ca_not_after - now < left
 
     @property
     def ca_cert(self) -> Path:
@@ -62,11 +76,20 @@ class Outcome:
         return self.folder / SERVER_PEM
 
 
-def ensure(folder: Path, *, now: datetime.datetime | None = None) -> Outcome:
+def ensure(
+    folder: Path, *, now: datetime.datetime | None = None, create_ca: bool = True
+) -> Outcome:
     """Make the CA unless it exists, and the listener's certificate unless a usable one exists
-    (issued by this CA, for the local names, with at least ``RENEW_DAYS`` left)."""
+    (issued by this CA, for the local names, with at least ``RENEW_DAYS`` left). Without
+    ``create_ca`` (a reload) a missing CA is an error: a new one must be trusted first, and
+    only a start says how."""
     now = now or datetime.datetime.now(datetime.UTC)
     _make_folder(folder)
+    with _locked(folder):
+        return _ensure(folder, now, create_ca)
+
+
+def _ensure(folder: Path, now: datetime.datetime, create_ca: bool) -> Outcome:
     fixed = _fix_modes(folder)
     ca_cert, ca_key = folder / CA_CERT, folder / CA_KEY
     if ca_cert.exists() != ca_key.exists():
@@ -75,8 +98,13 @@ def ensure(folder: Path, *, now: datetime.datetime | None = None) -> Outcome:
             "over with a new CA (and trust the new one)"
         )
     created = not ca_cert.exists()
+    if created and not create_ca:
+        raise LocalCAError(
+            f"the local CA in {folder} is gone: restart ppproxy to make a new one, and trust "
+            "that one"
+        )
     if created:
-        cert, key = _new_ca(now)
+        cert, key = new_ca(now)
         _write(ca_key, _key_pem(key))
         _write(ca_cert, cert.public_bytes(serialization.Encoding.PEM))
     else:
@@ -84,10 +112,10 @@ def ensure(folder: Path, *, now: datetime.datetime | None = None) -> Outcome:
     issued = created or not _usable(folder / SERVER_PEM, cert, now)
     if issued:
         leaf_key = ec.generate_private_key(ec.SECP256R1())
-        leaf = _new_server_cert(leaf_key, cert, key, now)
+        leaf = new_server_cert(leaf_key, cert, key, now)
         pem = _key_pem(leaf_key) + leaf.public_bytes(serialization.Encoding.PEM)
         _write(folder / SERVER_PEM, pem)
-    return Outcome(folder, created, issued, fixed)
+    return Outcome(folder, created, issued, fixed, cert.not_valid_after_utc)
 
 
 def thumbprint(ca_cert: Path) -> str:
@@ -98,13 +126,16 @@ def thumbprint(ca_cert: Path) -> str:
 
 def remove(folder: Path) -> list[Path]:
     """Delete the CA and the certificate (the key first); the files removed."""
-    removed = []
-    for name in (CA_KEY, SERVER_PEM, CA_CERT):
-        path = folder / name
-        if path.exists():
-            path.unlink()
-            removed.append(path)
-    if folder.is_dir() and not any(folder.iterdir()):
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    with _locked(folder):
+        for name in (CA_KEY, SERVER_PEM, CA_CERT):
+            path = folder / name
+            if path.exists():
+                path.unlink()
+                removed.append(path)
+    if not any(folder.iterdir()):
         folder.rmdir()
     return removed
 
@@ -116,6 +147,26 @@ def _make_folder(folder: Path) -> None:
         raise LocalCAError(f"cannot create {folder}: {e.strerror or e}") from None
     if not folder.is_dir():
         raise LocalCAError(f"{folder} is not a folder")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (POSIX: ``flock`` on the folder itself, so no
+    extra file; released when the descriptor closes, also if the process dies)."""
+    if os.name != "posix":
+        yield
+        return
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise LocalCAError(f"cannot open {folder}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fix_modes(folder: Path) -> tuple[str, ...]:
@@ -199,80 +250,4 @@ def _usable(path: Path, ca: x509.Certificate, now: datetime.datetime) -> bool:
         set(names) >= wanted
         and _spki(key.public_key()) == _spki(cert.public_key())
         and cert.not_valid_after_utc - now >= datetime.timedelta(days=RENEW_DAYS)
-    )
-
-
-def _new_ca(now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ppproxy local CA"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"ppproxy local CA ({socket.gethostname()})"),
-        ]
-    )
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    constraints = x509.NameConstraints(
-        permitted_subtrees=[
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
-            x509.IPAddress(ipaddress.ip_network("::1/128")),
-        ],
-        excluded_subtrees=None,
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(constraints, critical=True)
-        .add_extension(ski, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _new_server_cert(
-    key: ec.EllipticCurvePrivateKey,
-    ca: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    now: datetime.datetime,
-) -> x509.Certificate:
-    names = [x509.DNSName(NAMES[0])] + [x509.IPAddress(ipaddress.ip_address(n)) for n in NAMES[1:]]
-    ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
     )

@@ -7,7 +7,8 @@ the proxy hands back (``rewrite.ClientView``) and for the Host check (``browsers
   (a reverse proxy or load balancer in front).
 - A peer in ``server.trusted_proxies``: ``Forwarded`` (RFC 7239), else ``X-Forwarded-Proto`` /
   ``X-Forwarded-Host``, say what the client used. From any other peer these headers mean
-  nothing: they are ignored here and removed before forwarding (``headers.HeaderRules``).
+  nothing. From every peer they are removed before forwarding (``headers.FORWARDING``): the
+  upstream only ever sees the proxy as its client.
 
 Without ``trusted_proxies`` nothing here runs per request but one attribute lookup.
 """
@@ -39,7 +40,7 @@ _QUOTED = re.compile(r"\\(.)")
 class Forwarding:
     """What the peer in front said about the client's request."""
 
-    trusted: bool  # a trusted proxy sent forwarding headers: they count, and go upstream
+    trusted: bool  # a trusted proxy sent forwarding headers: they count
     proto: str | None = None  # "http" or "https"
     hosts: tuple[str, ...] = ()  # the hosts it named (Forwarded first); all must be allowed
 

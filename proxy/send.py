@@ -40,13 +40,11 @@ async def send(
     gate: Gate,
     *,
     budget: float,
-    trusted_proxy: bool = False,
 ) -> aiohttp.ClientResponse:
     """The upstream's response (headers read, body not yet) to ``request`` sent to ``target``,
     with the token from ``source``, ``headers`` rules and outbound ``proxy``, through the
     route's throttling ``gate`` (``budget``: seconds the first call may still wait for its
-    pace); ``trusted_proxy``: the request came through a trusted proxy, whose forwarding
-    headers go upstream too."""
+    pace)."""
     waited = time.perf_counter()
     token = await source.token()
     exchange.token_source = token.source
@@ -55,9 +53,7 @@ async def send(
         await gate.before_call(exchange, budget)
     sent = time.perf_counter()
     paused = exchange.throttle_wait_ms or 0.0  # waits from here on are not the upstream's time
-    upstream = await _call(
-        session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
-    )
+    upstream = await _call(session, request, exchange, target, body, token, source, proxy, headers)
     if upstream.status == 401 and body.replayable and source.invalidate(token):
         # Revoked, rotated or challenged (CAE): drop this token if it is still the current
         # one, get a fresh one and try once more. Never twice. (The provider refuses when it
@@ -68,7 +64,7 @@ async def send(
         if not gate.idle:
             await gate.before_call(exchange, budget)
         upstream = await _call(
-            session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
+            session, request, exchange, target, body, token, source, proxy, headers
         )
     while (
         upstream.status in THROTTLING
@@ -83,7 +79,7 @@ async def send(
         exchange.throttle_retries += 1
         await gate.before_call(exchange, gate.settings.max_throttle_wait)
         upstream = await _call(
-            session, request, exchange, target, body, token, source, proxy, headers, trusted_proxy
+            session, request, exchange, target, body, token, source, proxy, headers
         )
     gate.hint(upstream)
     paused = (exchange.throttle_wait_ms or 0.0) - paused
@@ -101,7 +97,6 @@ async def _call(
     source: TokenSource,
     proxy: str | None,
     rules: HeaderRules,
-    trusted_proxy: bool,
 ) -> aiohttp.ClientResponse:
     route = target.route
     headers = rules.request(
@@ -109,7 +104,6 @@ async def _call(
         token=token.value,
         request_id=exchange.request_id,
         content_length=body.content_length,
-        trusted_proxy=trusted_proxy,
         extra=source.headers,
     )
     exchange.upstream_url = target.url

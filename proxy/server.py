@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -106,13 +107,14 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: boo
     when [server] has TLS), sharing one ``server.max_connections``; the main address."""
     runtime = runner.app[RUNTIME]
     settings = runtime.state.config.server
-    context = runtime.tls.context if runtime.tls is not None else None
-    scheme = "http" if context is None else "https"
+    tls = runtime.tls
+    scheme = "http" if tls is None else "https"
     gate = Gate(settings.max_connections)
     assert runner.server is not None  # set up by the caller
     factory = connection_factory(runner.server, settings)
 
-    async def site(on: int) -> None:
+    async def site(on: int) -> ssl.SSLContext | None:
+        context = tls.listening() if tls is not None else None  # one per listener
         await GatedSite(
             runner,
             host,
@@ -123,15 +125,20 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, reuse_port: boo
             handshake_timeout=settings.header_timeout,
             reuse_port=reuse_port,
         ).start()
+        return context
 
-    await site(port)
+    context = await site(port)
     address = _address(scheme, runner.addresses[0])
+    if tls is not None and context is not None:
+        tls.bound(context, address)
     loop = type(asyncio.get_running_loop()).__module__.split(".", 1)[0]  # asyncio or uvloop
     log.info("server.listening", address=address, event_loop=loop)
     for route in runtime.state.config.routes:
         if route.port is not None:  # the route's own listener: no prefix needed there
-            await site(route.port)
+            own_context = await site(route.port)
             own = _address(scheme, (host, route.port))
+            if tls is not None and own_context is not None:
+                tls.bound(own_context, own)
             log.info("server.listening", address=own, route=route.name)
     return address
 

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from azure.core.credentials import AccessToken
 from PowerPlatform.Dataverse.client import DataverseClient
 
+from proxy import cli
 from proxy.testing import DataverseUpstream, LocalCA
 
 from .conftest import StartProxy
@@ -87,3 +89,45 @@ async def test_dataverse_sdk_through_the_https_listener(
     assert len(listed) == 3
     assert all("$skiptoken=" in r.raw_path for r in listed[1:])
     assert {r.header("Prefer") for r in listed} == {"odata.maxpagesize=2"}
+
+
+async def test_readme_recipe_local_tls_and_requests_ca_bundle_from_ppproxy_ca_path(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README's recipe as written: tls = "local", REQUESTS_CA_BUNDLE="$(ppproxy ca --path)",
+    the SDK at https://localhost:PORT/<prefix>; it verifies the local CA's certificate."""
+    config = tmp_path / "proxy.toml"
+    config.write_text('[server]\nstate_dir = "state"\n')
+    assert cli.main(["ca", "--path", "--config", str(config)], {}) == 0
+    bundle = capsys.readouterr().out.strip()
+    assert bundle == str(tmp_path / "state" / "tls" / "ca.pem")
+    route = {"name": "dataverse", "prefix": "/dataverse", "upstream": dv.url, "rewrite_links": True}
+    server = {"tls": "local", "state_dir": str(tmp_path / "state")}
+    proxy = await start_proxy([route], server=server)
+    base = f"https://localhost:{proxy.url.rsplit(':', 1)[1]}/dataverse"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+
+    def use_sdk() -> list[str]:
+        with DataverseClient(base, ProxyHasTheToken()) as client:
+            client.records.create("account", {"name": "Contoso"})
+            return [
+                account["name"]
+                for page in client.records.list_pages("account", select=["name"], page_size=500)
+                for account in page
+            ]
+
+    assert await asyncio.to_thread(use_sdk) == ["Contoso"]
+    assert {r.header("Authorization") for r in dv.requests} != {"Bearer unused"}
+    # Without the bundle requests refuses the listener: the trust really comes from that file.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with pytest.raises(requests.exceptions.SSLError):
+        await asyncio.to_thread(requests.get, f"{base}/api/data/v9.2/accounts", timeout=10)
+
+
+class ProxyHasTheToken:  # README's credential, word for word
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("unused", int(time.time()) + 3600)

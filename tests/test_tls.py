@@ -120,6 +120,85 @@ async def test_route_ports_serve_https_and_links_say_https(
             assert location == f"https://127.0.0.1:{own}/operations/1?api-version=1"
 
 
+@pytest.mark.parametrize(("days", "warned"), [(7, True), (60, False)])
+async def test_a_certificate_close_to_its_end_is_warned_about(
+    start_proxy: StartProxy,
+    ca: LocalCA,
+    tmp_path: Path,
+    captured: io.StringIO,
+    days: int,
+    warned: bool,
+) -> None:
+    """Less than 14 days left: tls.certificate_expiring at load, with the end date."""
+    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(days=days)
+    cert, key = ca.write_server_files(tmp_path, not_after=end)
+    await start_proxy(server={"tls_cert": str(cert), "tls_key": str(key)})
+    expiring = [e for e in events(captured) if e["event"] == "tls.certificate_expiring"]
+    assert len(expiring) == int(warned)
+    if warned:
+        assert expiring[0]["not_after"] == end.isoformat()
+        assert expiring[0]["expired"] is False
+        assert expiring[0]["level"] == "warning"
+
+
+@pytest.mark.parametrize(("listener_tls", "proto"), [(True, "http"), (False, "https")])
+async def test_x_forwarded_proto_alone_from_a_trusted_proxy_sets_the_scheme_of_links(
+    start_proxy: StartProxy,
+    ca: LocalCA,
+    tls_files: dict[str, str],
+    client: aiohttp.ClientSession,
+    listener_tls: bool,
+    proto: str,
+) -> None:
+    """Only X-Forwarded-Proto: the scheme is the proxy's word, over HTTPS or not; the host and
+    port stay the client's Host."""
+
+    async def lro(request: web.Request) -> web.Response:
+        return web.json_response({}, status=202, headers={"Location": f"{base[0]}/operations/1"})
+
+    base: list[str] = []
+    async with upstream(lro) as url:
+        base.append(url)
+        proxy = await start_proxy(
+            [{"name": "bap", "prefix": "/bap", "upstream": url}],
+            server={**(tls_files if listener_tls else {}), "trusted_proxies": ["127.0.0.1"]},
+        )
+        assert proxy.url.startswith("https://" if listener_tls else "http://")
+        port = port_of(proxy.url)
+        async with client.post(
+            f"{proxy.url}/bap/environments",
+            headers={"X-Forwarded-Proto": proto, "Host": f"localhost:{port}"},
+            ssl=ca.client_context() if listener_tls else True,
+        ) as resp:
+            assert resp.status == 202
+            assert resp.headers["Location"] == f"{proto}://localhost:{port}/bap/operations/1"
+
+
+async def test_plain_http_to_an_https_listener_is_logged_once_per_listener(
+    start_proxy: StartProxy, tls_files: dict[str, str], captured: io.StringIO
+) -> None:
+    """tls.plain_http names the listener and says to use https://; more within 10 s (on the
+    same listener) add nothing. The other listener reports its own. A TLS client is unharmed."""
+    own = free_port()
+    proxy = await start_proxy(
+        [{"name": "own", "prefix": "/own", "upstream": "http://127.0.0.1:9", "port": own}],
+        server=tls_files,
+    )
+    main = port_of(proxy.url)
+    requests = [b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", b"DELETE /x HTTP/1.1\r\n\r\n"]
+    for port in (main, main, own):
+        for request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
+            writer.close()
+    plain = [e for e in events(captured) if e["event"] == "tls.plain_http"]
+    assert [e["listener"] for e in plain] == [proxy.url, f"https://127.0.0.1:{own}"]
+    assert plain[0]["reason"] == "HTTP_REQUEST"
+    assert plain[0]["level"] == "warning"
+    assert f"listener {proxy.url}: it must use https://" in plain[0]["message"]
+
+
 @pytest.mark.parametrize("form", ["tls_key_password", "tls_key_password_file"])
 async def test_encrypted_key(
     start_proxy: StartProxy,
@@ -220,9 +299,10 @@ async def test_reload_serves_the_new_certificate_to_new_connections(
         assert resp.status == 200
     ca.write_server_files(Path(tls_files["tls_cert"]).parent, rsa=True)
     assert await proxy.app[RUNTIME].reload(proxy.config) == []
-    after, _ = await presented(port, verify)
+    after, protocol = await presented(port, verify, alpn=["h2", "http/1.1"])
     assert isinstance(after.public_key(), rsa.RSAPublicKey)
     assert after.serial_number != before.serial_number
+    assert protocol == "http/1.1"  # the new context says HTTP/1.1 only, too
     async with client.get(f"{proxy.url}/echo/b", ssl=verify) as resp:
         assert resp.status == 200
 

@@ -68,6 +68,9 @@ def run(
     except localca.LocalCAError as e:
         print(f"ppproxy: {e}", file=err)
         return 1
+    if outcome.ca_expiring() and outcome.ca_not_after is not None:
+        when = outcome.ca_not_after.date().isoformat()
+        print(f"ppproxy: the local CA expires on {when}: {localca.RENEW_CA}", file=err)
     if args.path:
         print(outcome.ca_cert, file=out)
         return 0
@@ -122,7 +125,7 @@ def uninstall(folder: Path, out: TextIO) -> int:
 
 def trust_instructions(ca_cert: Path) -> str:
     """How to trust the CA whose certificate is ``ca_cert``: system stores, browsers, tools."""
-    p = _quoted(ca_cert)
+    p, w = _quoted(ca_cert), _cmd_quoted(ca_cert)
     return f"""\
 ppproxy's local CA: {ca_cert}
 SHA-1 {localca.thumbprint(ca_cert)}. It can vouch only for localhost, 127.0.0.1 and ::1.
@@ -135,7 +138,7 @@ Trust it once, on the machine where your tools run (sudo: the system-wide stores
                     && sudo update-ca-trust
   macOS:          sudo security add-trusted-cert -d -r trustRoot \\
                     -k /Library/Keychains/System.keychain {p}
-  Windows:        certutil -user -addstore Root {p}
+  Windows:        certutil -user -addstore Root {w}
                   (your user's store; Windows asks you to confirm)
   Firefox, and Chrome on Linux (their own NSS store):
                   certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n '{NICKNAME}' -i {p}
@@ -168,9 +171,20 @@ Remove ppproxy's local CA (SHA-1 {thumbprint}) from the stores you added it to:
 """
 
 
+def _plain(text: str) -> bool:
+    return all(c.isalnum() or c in "/._-:\\" for c in text)
+
+
 def _quoted(path: Path) -> str:
-    """``path`` for a shell command line: single-quoted when it needs quoting."""
+    """``path`` for a POSIX shell command line: single-quoted when it needs quoting."""
     text = str(path)
-    if all(c.isalnum() or c in "/._-:\\" for c in text):
+    if _plain(text):
         return text
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _cmd_quoted(path: Path) -> str:
+    """``path`` for cmd.exe and PowerShell, which take double quotes, not single ones (a
+    Windows path cannot hold a double quote itself)."""
+    text = str(path)
+    return text if _plain(text) else f'"{text}"'

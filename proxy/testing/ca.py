@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from pathlib import Path
 
@@ -33,16 +34,24 @@ class LocalCA:
         return path
 
     def write_server_files(
-        self, folder: Path | str, *, rsa: bool = False, password: bytes | None = None
+        self,
+        folder: Path | str,
+        *,
+        rsa: bool = False,
+        password: bytes | None = None,
+        not_after: datetime.datetime | None = None,
     ) -> tuple[Path, Path]:
-        """A new certificate for 127.0.0.1, localhost and ::1 (ECDSA, or RSA), written to
-        ``folder`` as ``cert.pem`` (the chain, leaf first) and ``key.pem`` (encrypted with
-        ``password`` when given): the two paths, for ``[server] tls_cert`` and ``tls_key``."""
+        """A new certificate for 127.0.0.1, localhost and ::1 (ECDSA, or RSA; valid until
+        ``not_after`` when given), written to ``folder`` as ``cert.pem`` (the chain, leaf first)
+        and ``key.pem`` (encrypted with ``password`` when given): the two paths, for
+        ``[server] tls_cert`` and ``tls_key``."""
         import trustme
         from cryptography.hazmat.primitives import serialization
 
         kind = trustme.KeyType.RSA if rsa else trustme.KeyType.ECDSA
-        issued = self._ca.issue_cert("127.0.0.1", "localhost", "::1", key_type=kind)
+        issued = self._ca.issue_cert(
+            "127.0.0.1", "localhost", "::1", key_type=kind, not_after=not_after
+        )
         folder = Path(folder)
         cert, key = folder / "cert.pem", folder / "key.pem"
         cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
