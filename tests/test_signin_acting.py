@@ -200,16 +200,47 @@ async def test_impersonation_sends_the_service_token_naming_the_member(
     assert idp.token_requests(grant_type=OBO_GRANT) == []
 
 
-async def test_routes_that_do_not_name_the_member_leave_caller_headers_alone(
+FORGED = {"CallerObjectId": "11111111-2222-3333-4444-555555555555", "MSCRMCallerID": "someone"}
+
+
+async def test_a_sibling_service_route_of_an_impersonating_identity_drops_caller_headers(
     gateway: Proxy, idp: IdentityProvider, echo: EchoUpstream, client: aiohttp.ClientSession
 ) -> None:
-    """Unchanged from before sign-in: see docs/security.md on remove_request_headers."""
-    status, _ = await get(
-        client, f"{gateway.url}/other/x", **bearer(ann(idp)), CallerObjectId="someone"
+    """/other has act_as = "service" but the identity of the impersonate route /dv: a member
+    or a key client must not name someone else through it (the privilege is the principal's)."""
+    for credential in (bearer(ann(idp)), {"X-Api-Key": CI_KEY}):
+        status, _ = await get(client, f"{gateway.url}/other/x", **credential, **FORGED)
+
+        assert status == 200
+        sent = {k.lower() for k, _ in echo.requests[-1].headers}
+        assert not sent & {"callerobjectid", "mscrmcallerid"}, credential.keys()
+
+
+async def test_an_identity_that_impersonates_nowhere_passes_caller_headers_through(
+    start_proxy: StartProxy,
+    idp: IdentityProvider,
+    echo: EchoUpstream,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Unchanged from before sign-in: a route whose identity no impersonate route uses leaves
+    the client's CallerObjectId to the upstream (see docs/security.md)."""
+    other_identity = {"tenant_id": idp.tenant, "client_id": CLIENT, "client_secret": SECRET,
+                      "authority_host": idp.authority_host}  # fmt: skip
+    separate = [
+        {**r, "identity": "plain" if r["name"] == "other" else "default"} for r in routes(echo)
+    ]
+    proxy = await start_proxy(
+        separate,
+        identities={"plain": other_identity},
+        access={"entra": entra(idp), "clients": MEMBERS},
     )
 
+    status, _ = await get(client, f"{proxy.url}/other/x", **bearer(ann(idp)), **FORGED)
+
     assert status == 200
-    assert ("CallerObjectId", "someone") in echo.requests[-1].headers
+    headers = echo.requests[-1].headers
+    assert ("CallerObjectId", FORGED["CallerObjectId"]) in headers
+    assert ("MSCRMCallerID", "someone") in headers
 
 
 async def test_check_gets_no_service_token_for_routes_that_act_as_the_member(
