@@ -74,7 +74,14 @@ async def admit(request: web.Request, state: State, client: AccessClient | None)
         target.url.raw_path,
     )
     content_type = request.headers.get("Content-Type", "")
-    return check(body, content_type, place, state.policies[route.name], client)
+    return check(
+        body,
+        content_type,
+        place,
+        state.policies[route.name],
+        client,
+        owns_caller=route.name in state.owns_caller,
+    )
 
 
 async def _read(request: web.Request, most: int) -> bytes:
