@@ -15,6 +15,8 @@ import pytest
 
 from proxy.commands.check import check
 from proxy.config import from_dict
+from proxy.identity import ConfidentialProvider
+from proxy.identity.on_behalf_of import MemberTokens
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
 from .conftest import CLIENT, SECRET, Proxy, StartProxy, config_dict
@@ -32,6 +34,7 @@ async def idp(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
 
 # Ann by her UPN, Bob by his object id: both may use the routes that act for them.
 BOB_OID = str(uuid.uuid4())
+ANN_OID = str(uuid.uuid4())
 MEMBERS = [*CLIENTS, {"name": "bob", "users": [BOB_OID]}]
 
 
@@ -90,6 +93,26 @@ async def test_on_behalf_of_tokens_are_cached_per_member(
     assert len(idp.token_requests(grant_type=OBO_GRANT, user_oid=BOB_OID)) == 1
     assert results[3][1]["token_claims"]["oid"] == BOB_OID
     assert {body["token_claims"]["oid"] for _, body in results[:3]} == {ann_oid}
+
+
+@pytest.mark.parametrize(("max_members", "requests"), [(1, 3), (2, 2)])
+async def test_on_behalf_of_cache_is_bounded_least_recently_used_first_out(
+    idp: IdentityProvider, ca_file: Path, echo: EchoUpstream, max_members: int, requests: int
+) -> None:
+    """Ann, Bob, then Ann again: with room for one member Ann's token was pushed out by Bob's
+    and is asked for again; with room for two it is not."""
+    config = from_dict(config_dict(idp, ca_file, routes(echo)[:1]), {}, base_dir=Path())
+    provider = ConfidentialProvider(config.identities["default"], config.outbound)
+    tokens = MemberTokens(provider, max_members=max_members)
+    scope = f"{echo.url}/.default"
+    try:
+        for oid, assertion in ((ANN_OID, ann(idp, oid=ANN_OID)), (BOB_OID, bob(idp))):
+            await tokens.token(oid, assertion, scope)
+        await tokens.token(ANN_OID, ann(idp, oid=ANN_OID), scope)
+    finally:
+        await tokens.close()
+
+    assert len(idp.token_requests(grant_type=OBO_GRANT)) == requests
 
 
 async def test_on_behalf_of_tokens_are_refreshed_before_they_expire(

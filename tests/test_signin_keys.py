@@ -118,7 +118,21 @@ async def test_a_checked_token_costs_a_lookup_until_it_expires(
     idp: IdentityProvider, session: aiohttp.ClientSession
 ) -> None:
     """Remembered by digest: a second check neither fetches nor verifies (the key is gone
-    from the set here, and the token still passes), and a bounded number are remembered."""
+    from the set here, and the token still passes)."""
+    signin = signin_for(idp, Clock())
+    token = idp.user_token(audience=GATEWAY_URI, upn="a@contoso.test")
+    await signin.authenticate(token, session)
+    signin.keys._keys.clear()  # any verification from now on would fail
+
+    assert (await signin.authenticate(token, session)).upn == "a@contoso.test"
+    assert idp.jwks_requests == 1
+
+
+async def test_remembered_tokens_are_bounded_least_recently_used_first_out(
+    idp: IdentityProvider, session: aiohttp.ClientSession
+) -> None:
+    """With room for two, the third valid token pushes the first out: once the keys are gone
+    only the last two still pass."""
     signin = SignIn(
         EntraConfig(idp.tenant_id, (GATEWAY_URI,), idp.authority_host),
         OutboundConfig(),
@@ -127,11 +141,12 @@ async def test_a_checked_token_costs_a_lookup_until_it_expires(
     first, second, third = (
         idp.user_token(audience=GATEWAY_URI, upn=f"{n}@contoso.test") for n in "abc"
     )
-    for token in (first, second):
+    for token in (first, second, third):
         await signin.authenticate(token, session)
     signin.keys._keys.clear()  # any verification from now on would fail
 
+    assert (await signin.authenticate(third, session)).upn == "c@contoso.test"
     assert (await signin.authenticate(second, session)).upn == "b@contoso.test"
-    with pytest.raises(InvalidToken):
-        await signin.authenticate(third, session)  # not remembered: checked, and fails
+    with pytest.raises(InvalidToken, match="unknown key"):
+        await signin.authenticate(first, session)  # forgotten: checked again, and fails
     assert signin.status()["remembered_tokens"] == 2
