@@ -114,6 +114,34 @@ async def test_keys_that_failed_are_tried_again_after_a_few_seconds(
     assert "ClientConnectorError" in keys.last_error
 
 
+async def test_with_keys_in_hand_a_failed_fetch_is_not_retried_for_a_minute(
+    idp: IdentityProvider, session: aiohttp.ClientSession
+) -> None:
+    """While the keys endpoint fails, forged tokens with new kids make Entra be asked at most
+    once a minute (5 s is only for a proxy without any keys); known keys keep working."""
+    clock = Clock()
+    signin = signin_for(idp, clock)
+    valid = idp.user_token(audience=GATEWAY_URI, upn="a@contoso.test")
+    await signin.authenticate(valid, session)
+    idp.keys_unavailable = True
+
+    clock.now += 60
+    for step in (0, 5, 30, 24.5):  # 59.5 s after the failed fetch
+        clock.now += step
+        forged = idp.user_token(audience=GATEWAY_URI, unknown_key=True)
+        with pytest.raises(InvalidToken, match="unknown key"):
+            await signin.authenticate(forged, session)
+    assert idp.jwks_requests == 2  # the first fetch, and the one that failed
+    assert signin.keys.last_error is not None
+
+    idp.keys_unavailable = False
+    idp.rotate_signing_key()
+    clock.now += 0.5
+    rotated = idp.user_token(audience=GATEWAY_URI, upn="b@contoso.test")
+    assert (await signin.authenticate(rotated, session)).upn == "b@contoso.test"
+    assert idp.jwks_requests == 3
+
+
 async def test_a_checked_token_costs_a_lookup_until_it_expires(
     idp: IdentityProvider, session: aiohttp.ClientSession
 ) -> None:
