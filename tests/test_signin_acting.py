@@ -194,6 +194,33 @@ async def test_a_refusal_for_this_member_is_403_on_behalf_of_refused(
     assert "sign in again" in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("fault", "then"),
+    [
+        ({"error": "interaction_required", "code": 50076, "status": 400, "retry_after": "30"}, 200),
+        ({"error": "invalid_client", "code": 7000215, "retry_after": "30"}, 503),
+    ],
+    ids=["the member's fault", "the gateway's own fault"],
+)
+async def test_a_member_refused_by_entra_is_asked_for_again_with_a_new_token_only(
+    gateway: Proxy, idp: IdentityProvider, client: aiohttp.ClientSession, fault: Any, then: int
+) -> None:
+    """After "sign in again" the member's new token is tried at once; the same token waits
+    out the backoff, and so does everyone while the gateway's own credential is at fault."""
+    url = f"{gateway.url}/user/x"
+    first = ann(idp, oid=ANN_OID)
+    idp.fail_with(**fault)
+    status, _ = await get(client, url, **bearer(first))
+    assert status in (403, 503)
+    idp.clear_failure()
+
+    same, _ = await get(client, url, **bearer(first))
+    new, _ = await get(client, url, **bearer(ann(idp, oid=ANN_OID, scp="user_impersonation x")))
+
+    assert (same, new) == (status, then)
+    assert len(idp.token_requests(grant_type=OBO_GRANT)) == (2 if then == 200 else 1)
+
+
 async def test_a_client_key_cannot_use_routes_that_act_for_a_member(
     gateway: Proxy, echo: EchoUpstream, client: aiohttp.ClientSession
 ) -> None:
