@@ -17,6 +17,7 @@ before the body is read.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,9 +30,11 @@ from .tokens import Token, TokenProvider
 if TYPE_CHECKING:
     from .state import State
 
-# Dataverse impersonation (the service principal needs prvActOnBehalfOfAnotherUser). On routes
-# that name the member, a client's own CallerObjectId or MSCRMCallerID is dropped (HeaderRules).
+# Dataverse impersonation (the service principal needs prvActOnBehalfOfAnotherUser). Where the
+# proxy owns these headers (``caller_headers_owned``), a client's own CallerObjectId or
+# MSCRMCallerID is dropped (HeaderRules) and refused inside a $batch (batch.check).
 CALLER_OBJECT_ID = "CallerObjectId"
+CALLER_HEADERS = ("CallerObjectId", "MSCRMCallerID")
 
 
 class TokenSource(Protocol):
@@ -83,6 +86,16 @@ class MemberToken:
 def for_member(route: RouteConfig) -> bool:
     """Whether ``route`` sends the upstream who the member is (and so needs one)."""
     return route.act_as == "user" or route.impersonate
+
+
+def caller_headers_owned(routes: Iterable[RouteConfig]) -> frozenset[str]:
+    """The routes on which only the proxy may say whom Dataverse acts for: those that act for
+    the member, and every route of an identity that impersonates on any route. The privilege
+    (prvActOnBehalfOfAnotherUser) belongs to the service principal, not to a route: a client's
+    own CallerObjectId on a sibling service route would run as anyone it names."""
+    routes = tuple(routes)
+    impersonating = {r.identity for r in routes if r.impersonate}
+    return frozenset(r.name for r in routes if for_member(r) or r.identity in impersonating)
 
 
 def check(route: RouteConfig, signed_in: SignedIn | None) -> None:

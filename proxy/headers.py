@@ -91,10 +91,10 @@ class HeaderRules:
         "_response_set",
     )
 
-    def __init__(self, edits: RouteEdits | None = None, *, names_member: bool = False) -> None:
+    def __init__(self, edits: RouteEdits | None = None, *, owns_caller: bool = False) -> None:
         edits = edits or RouteEdits()
         self._request_drop = _REQUEST_DROP | FORWARDING | edits.remove_request_headers
-        if names_member:  # only the proxy says whom Dataverse acts for on such a route
+        if owns_caller:  # only the proxy says whom Dataverse acts for (acting.caller_headers_owned)
             self._request_drop |= _IMPERSONATION
         self._request_set = tuple(edits.set_request_headers.items())
         self._request_default = tuple(edits.default_request_headers.items())

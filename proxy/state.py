@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .acting import ServiceToken, for_member
+from .acting import ServiceToken, caller_headers_owned
 from .browsers import allowed_hosts, allowed_origins
 from .config import Config
 from .headers import HeaderRules
@@ -43,6 +43,7 @@ class State:
     allowed_hosts: frozenset[str]  # Host names accepted
     allowed_origins: frozenset[str]  # Origin hosts accepted (no loopback ones on a gateway)
     headers: Mapping[str, HeaderRules]  # route name -> header hygiene and edits
+    owns_caller: frozenset[str]  # routes where only the proxy may send CallerObjectId
     addresses: PublicAddress  # the scheme and host clients use (public_url, trusted proxies)
     service_tokens: Mapping[str, ServiceToken]  # route name -> its identity's token, its scope
     members: Mapping[str, MemberTokens]  # identity name -> tokens for members (act_as "user")
@@ -65,6 +66,7 @@ class State:
         if throttling is None:
             throttling = previous.throttling if previous is not None else Throttling()
         limiters = {r.name: Limiter(r.name, r.limits) for r in routes}
+        owns_caller = caller_headers_owned(routes)
         return cls(
             config=config,
             resolver=Resolver(routes),
@@ -77,7 +79,10 @@ class State:
             upstream_proxies={r.name: config.outbound.proxy_for(r.upstream) for r in routes},
             allowed_hosts=allowed_hosts(config.server),
             allowed_origins=allowed_origins(config.server),
-            headers={r.name: HeaderRules(r.edits, names_member=for_member(r)) for r in routes},
+            headers={
+                r.name: HeaderRules(r.edits, owns_caller=r.name in owns_caller) for r in routes
+            },
+            owns_caller=owns_caller,
             addresses=PublicAddress(config.server),
             service_tokens={r.name: ServiceToken(providers[r.identity], r.scope) for r in routes},
             members=_members(config, previous),

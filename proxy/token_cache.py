@@ -30,7 +30,7 @@ class _Entry:
 
     __slots__ = (
         "cached", "context", "error", "errors", "failures", "forced_at", "last_refresh",
-        "limited", "retry_at", "successes", "task", "timer", "token",
+        "limited", "refused", "retry_at", "successes", "task", "timer", "token",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -40,6 +40,7 @@ class _Entry:
         self.timer: asyncio.TimerHandle | None = None
         self.context: Any = None  # what the last caller gave for fetching (an assertion)
         self.error: TokenError | None = None
+        self.refused: Hashable | None = None  # the context ``error`` is the fault of, if any
         self.failures = 0
         self.retry_at = 0.0
         self.last_refresh: float | None = None
@@ -122,7 +123,9 @@ class TokenCache(Generic[K]):
                     entry.context = context
                     self._start(key, entry)  # in the background: this caller goes on
                 return cached
-        if entry.error is not None and now < entry.retry_at and entry.task is None:
+        # A refusal the caller caused (its context) is not held against a new context.
+        held = entry.refused is None or entry.refused == self._fingerprint(context)
+        if entry.error is not None and now < entry.retry_at and entry.task is None and held:
             raise self._unavailable(entry.error, entry.retry_at - now)
         entry.context = context
         task = self._start(key, entry)
@@ -194,17 +197,21 @@ class TokenCache(Generic[K]):
         return entry.task
 
     async def _fetch(self, key: K, entry: _Entry) -> Token | TokenError:
+        context = entry.context  # the one this request is made with
         try:
-            token = await self._fetch_token(key, entry.context)
+            token = await self._fetch_token(key, context)
         except TokenError as e:
+            entry.refused = self._fingerprint(context) if self._caller_caused(e) else None
             return self._failed(key, entry, e)
         except Exception as e:  # any other failure must not kill the cache
+            entry.refused = None
             return self._failed(key, entry, TokenError("internal_error", type(e).__name__))
         finally:
             # The context may be a member's token: kept no longer than the request for it.
             entry.task, entry.context = None, None
         entry.token, entry.cached = token, replace(token, source="cache")
         entry.error, entry.failures, entry.last_refresh = None, 0, time.time()
+        entry.refused = None
         entry.retry_at = 0.0
         entry.successes += 1
         self.counted(key, None)
@@ -220,6 +227,14 @@ class TokenCache(Generic[K]):
 
     def counted(self, key: K, error: str | None) -> None:
         """Called after every token request (``error`` is its code, None for a token)."""
+
+    def _caller_caused(self, error: TokenError) -> bool:
+        """Whether ``error`` is the fault of the caller's context, not the proxy's."""
+        return False
+
+    def _fingerprint(self, context: Any) -> Hashable:
+        """Tells contexts apart without holding one (it may be a token)."""
+        return None
 
     def _failed(self, key: K, entry: _Entry, error: TokenError) -> TokenError:
         if entry.error is None or entry.error.error != error.error:

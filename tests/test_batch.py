@@ -19,10 +19,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.testing import LocalCA
+from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing.dataverse import DataverseUpstream
 
 from .conftest import StartProxy, events
+from .signin_helpers import ANN, GATEWAY_URI
 from .test_dataverse_standin import GUID, Inner, batch, parse_answer, request
 
 ROOT = "/api/data/v9.2"
@@ -389,6 +390,69 @@ async def test_method_override_inside_a_batch_is_refused(
     assert answer["error"] == "method_override_refused"
     assert answer["batch"]["position"] == 1
     assert dv.requests == []
+
+
+SOMEONE = "11111111-2222-3333-4444-555555555555"  # an object id an inner request names
+
+
+def impersonating(dv: DataverseUpstream, idp: IdentityProvider) -> dict[str, Any]:
+    """/dv (a service route) and /dv-as (impersonate = true) with the same identity; a key
+    client and a signed-in member."""
+    return {
+        "routes": [
+            dv_route(dv),
+            {**dv_route(dv), "name": "as", "prefix": "/dv-as", "impersonate": True},
+        ],
+        "access": {
+            "entra": {"tenant_id": idp.tenant_id, "audience": [GATEWAY_URI],
+                      "authority_host": idp.authority_host},
+            "clients": [client_entry(routes=["dv"]), {"name": "ann", "users": [ANN]}],
+        },
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("header", ["CallerObjectId", "MSCRMCallerID"])
+@pytest.mark.parametrize("who", ["key client on a sibling service route", "member"])
+async def test_an_inner_caller_header_is_refused_where_the_proxy_names_the_caller(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    idp: IdentityProvider,
+    client: aiohttp.ClientSession,
+    header: str,
+    who: str,
+) -> None:
+    """On a route whose identity impersonates anywhere, an inner request naming its own
+    caller is 403 forbidden with its position: it could act as anyone."""
+    settings = impersonating(dv, idp)
+    proxy = await start_proxy(settings["routes"], access=settings["access"])
+    if who == "member":
+        url = f"{proxy.url}/dv-as{ROOT}/$batch"
+        credential = {"Authorization": f"Bearer {idp.user_token(audience=GATEWAY_URI, upn=ANN)}"}
+    else:
+        url, credential = f"{proxy.url}/dv{ROOT}/$batch", {"X-Api-Key": KEY}
+    body = batch(
+        BOUNDARY, request("GET accounts"), request("GET accounts", None, f"{header}: {SOMEONE}")
+    )
+
+    status, _, raw = await send(client, url, body, **credential)
+
+    assert status == 403, raw
+    answer = json.loads(raw)
+    assert (answer["error"], answer["batch"]["position"]) == ("forbidden", 2)
+    assert answer["batch"]["reason"] == "caller_header"
+    assert dv.requests == []
+
+
+async def test_an_inner_caller_header_passes_where_no_route_impersonates(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    proxy = await start_proxy([dv_route(dv)])
+    body = batch(BOUNDARY, request("GET accounts", None, f"CallerObjectId: {SOMEONE}"))
+
+    status, _, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+
+    assert status == 200, raw
+    assert len(dv.requests) == 1
 
 
 async def test_batch_over_the_route_limit_is_413(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,31 @@ def test_example_dataverse_route_works_when_uncommented() -> None:
     assert dataverse.edits.default_request_headers == {"Prefer": "odata.maxpagesize=500"}
     assert not dataverse.edits.set_request_headers
     assert cfg.server.tls is None
+
+
+def _uncommented_through(prefix: str) -> str:
+    """The example with the commented block from the line starting with ``prefix`` to the end
+    of the comment switched on: tables and ``key = value`` lines, past blank ``#`` lines and
+    prose, which stay comments."""
+    setting = re.compile(r"# (\[|[A-Za-z_][\w.-]* = )")
+    out, on = [], False
+    for line in (ROOT / "proxy.example.toml").read_text().splitlines():
+        on = line.startswith(prefix) or (on and line.startswith("#"))
+        out.append(line[2:] if on and setting.match(line) else line)
+    return "\n".join(out) + "\n"
+
+
+def test_example_sign_in_block_loads_when_uncommented() -> None:
+    """[access.entra], its member entries and the route acting as the member, as they stand."""
+    env = {"PP_TENANT_ID": "0f3c2b1a-0000-4000-8000-0000000000ff", "PP_CLIENT_ID": "c",
+           "PP_CLIENT_SECRET": "s", "PP_DATAVERSE_HOST": "contoso.crm.dynamics.com"}  # fmt: skip
+    cfg = loads(_uncommented_through("# [access.entra]"), env)
+
+    assert cfg.access.entra is not None
+    assert cfg.access.entra.audience == ("api://ppproxy", "c")
+    route = cfg.routes[-1]
+    assert (route.name, route.act_as, route.identity) == ("dataverse-as-me", "user", "default")
+    assert [c.name for c in cfg.access.clients] == ["makers", "gateway-admins", "ann"]
 
 
 def test_example_cloud_when_uncommented_moves_the_sign_in() -> None:

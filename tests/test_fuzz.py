@@ -11,12 +11,16 @@
   endings and loopback ``Origin``s sent to a gateway (items 2, 7, 10), against proxies with
   per-client concurrency caps, short head and body timeouts and a route taking overrides
   (items 4, 5).
+- Any three-part string checked as a member's token is refused with ``InvalidToken`` (401),
+  never another exception (a 500).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import logging
 import posixpath
 import re
@@ -26,16 +30,19 @@ from urllib.parse import unquote
 
 import pytest
 from aiohttp.http_exceptions import HttpProcessingError
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import OutboundConfig, from_dict
-from proxy.errors import PathNotAllowed, ProxyError
+from proxy.config.signin import EntraConfig
+from proxy.errors import InvalidToken, PathNotAllowed, ProxyError
 from proxy.hygiene import check_request, check_stripped_path
 from proxy.policy import Policy
 from proxy.routing import RouteTable
+from proxy.signin.validate import validate
 from proxy.testing import EchoUpstream
 
 from .conftest import Proxy, StartProxy
@@ -414,3 +421,70 @@ async def test_fuzz_raw_requests(
         statuses = [int(s) for s in _STATUS_LINE.findall(response)]
         assert 500 not in statuses, response[:500]
     assert not crashes.crashes, [r.getMessage() for r in crashes.crashes]
+
+
+# --- property: a member's token, however hostile, is refused as invalid_token ---------------
+
+_ENTRA = EntraConfig("0f3c2b1a-0000-4000-8000-0000000000aa", ("api://ppproxy",))
+_SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats()
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+# Values an attacker would try in the claims the check reads.
+_CLAIM = _JSON | st.sampled_from(
+    [_ENTRA.tenant_id, _ENTRA.v1_issuer, "api://ppproxy", ["api://ppproxy"], 1e308, 2**70, "x"]
+)
+_HEADERS = st.fixed_dictionaries(
+    {}, optional={"alg": st.sampled_from(["RS256", "none", "HS256"]) | _JSON, "kid": _JSON}
+)
+_CLAIMS = st.fixed_dictionaries(
+    {},
+    optional={
+        name: _CLAIM
+        for name in ("exp", "nbf", "tid", "iss", "aud", "oid", "upn", "groups", "roles")
+    },
+)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _json_part(value: object) -> str:
+    return _b64(json.dumps(value).encode())
+
+
+# A part: readable JSON (an object or not), nesting past the recursion limit, bytes that are
+# not UTF-8 or not JSON, any text, or a lot of it.
+_PART = st.one_of(
+    _HEADERS.map(_json_part),
+    _CLAIMS.map(_json_part),
+    _JSON.map(_json_part),
+    st.integers(1, 5000).map(lambda n: _b64(b"[" * n)),
+    st.binary(max_size=40).map(_b64),
+    st.text(max_size=40),
+    st.integers(1, 20_000).map(lambda n: "A" * n),
+)
+
+
+@settings(max_examples=800, deadline=None, database=None)
+@given(head=_PART, body=_PART, signature=_PART | st.binary(max_size=300).map(_b64))
+async def test_only_invalid_token_comes_out_of_validating_any_three_part_string(
+    head: str, body: str, signature: str
+) -> None:
+    async def issuer_v2() -> str | None:
+        return "https://login.example/v2.0"
+
+    async def key(kid: str) -> rsa.RSAPublicKey | None:
+        return _SIGNING_KEY
+
+    with pytest.raises(InvalidToken):
+        await validate(f"{head}.{body}.{signature}", _ENTRA, issuer_v2=issuer_v2, key=key)

@@ -3,6 +3,7 @@ and never passed on; keys keep working beside them. Against the local identity p
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -91,6 +92,13 @@ def _expired(idp: IdentityProvider) -> str:
     return member(idp, issued_at=time.time() - 3600 - 400, lifetime=3600)
 
 
+NOT_UTF8 = b'{"a": "\xc3("}'
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 REFUSED: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
     "expired": (_expired, "the token has expired"),
     "not yet valid": (
@@ -130,6 +138,17 @@ REFUSED: dict[str, tuple[Callable[[IdentityProvider], str], str]] = {
         "the token names no object id (oid)",
     ),
     "not base64url": (lambda idp: "eyJ!.eyJ?.abc", "not a JWT"),
+    # Hostile shapes (the nested one and the huge expiry once crashed the guard with a 500).
+    "deeply nested": (lambda idp: f"{_b64(b'[' * 3000)}.e30.abc", "not a JWT"),
+    "not UTF-8": (lambda idp: _b64(NOT_UTF8) + ".e30.abc", "not a JWT"),
+    "a base64url part one character too long": (
+        lambda idp: "eyJhbGciOiJSUzI1NiJ9a.e30.abc",
+        "not a JWT",
+    ),
+    "an expiry too large for a float": (
+        lambda idp: reshaped(member(idp), exp=10**400),
+        "the token has no expiry (exp)",
+    ),
 }
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from proxy.commands.check import check
 from proxy.config import from_dict
+from proxy.identity import ConfidentialProvider
+from proxy.identity.on_behalf_of import MemberTokens
 from proxy.testing import EchoUpstream, IdentityProvider, LocalCA
 
 from .conftest import CLIENT, SECRET, Proxy, StartProxy, config_dict
@@ -32,6 +34,7 @@ async def idp(ca: LocalCA) -> AsyncIterator[IdentityProvider]:
 
 # Ann by her UPN, Bob by his object id: both may use the routes that act for them.
 BOB_OID = str(uuid.uuid4())
+ANN_OID = str(uuid.uuid4())
 MEMBERS = [*CLIENTS, {"name": "bob", "users": [BOB_OID]}]
 
 
@@ -90,6 +93,26 @@ async def test_on_behalf_of_tokens_are_cached_per_member(
     assert len(idp.token_requests(grant_type=OBO_GRANT, user_oid=BOB_OID)) == 1
     assert results[3][1]["token_claims"]["oid"] == BOB_OID
     assert {body["token_claims"]["oid"] for _, body in results[:3]} == {ann_oid}
+
+
+@pytest.mark.parametrize(("max_members", "requests"), [(1, 3), (2, 2)])
+async def test_on_behalf_of_cache_is_bounded_least_recently_used_first_out(
+    idp: IdentityProvider, ca_file: Path, echo: EchoUpstream, max_members: int, requests: int
+) -> None:
+    """Ann, Bob, then Ann again: with room for one member Ann's token was pushed out by Bob's
+    and is asked for again; with room for two it is not."""
+    config = from_dict(config_dict(idp, ca_file, routes(echo)[:1]), {}, base_dir=Path())
+    provider = ConfidentialProvider(config.identities["default"], config.outbound)
+    tokens = MemberTokens(provider, max_members=max_members)
+    scope = f"{echo.url}/.default"
+    try:
+        for oid, assertion in ((ANN_OID, ann(idp, oid=ANN_OID)), (BOB_OID, bob(idp))):
+            await tokens.token(oid, assertion, scope)
+        await tokens.token(ANN_OID, ann(idp, oid=ANN_OID), scope)
+    finally:
+        await tokens.close()
+
+    assert len(idp.token_requests(grant_type=OBO_GRANT)) == requests
 
 
 async def test_on_behalf_of_tokens_are_refreshed_before_they_expire(
@@ -171,6 +194,33 @@ async def test_a_refusal_for_this_member_is_403_on_behalf_of_refused(
     assert "sign in again" in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("fault", "then"),
+    [
+        ({"error": "interaction_required", "code": 50076, "status": 400, "retry_after": "30"}, 200),
+        ({"error": "invalid_client", "code": 7000215, "retry_after": "30"}, 503),
+    ],
+    ids=["the member's fault", "the gateway's own fault"],
+)
+async def test_a_member_refused_by_entra_is_asked_for_again_with_a_new_token_only(
+    gateway: Proxy, idp: IdentityProvider, client: aiohttp.ClientSession, fault: Any, then: int
+) -> None:
+    """After "sign in again" the member's new token is tried at once; the same token waits
+    out the backoff, and so does everyone while the gateway's own credential is at fault."""
+    url = f"{gateway.url}/user/x"
+    first = ann(idp, oid=ANN_OID)
+    idp.fail_with(**fault)
+    status, _ = await get(client, url, **bearer(first))
+    assert status in (403, 503)
+    idp.clear_failure()
+
+    same, _ = await get(client, url, **bearer(first))
+    new, _ = await get(client, url, **bearer(ann(idp, oid=ANN_OID, scp="user_impersonation x")))
+
+    assert (same, new) == (status, then)
+    assert len(idp.token_requests(grant_type=OBO_GRANT)) == (2 if then == 200 else 1)
+
+
 async def test_a_client_key_cannot_use_routes_that_act_for_a_member(
     gateway: Proxy, echo: EchoUpstream, client: aiohttp.ClientSession
 ) -> None:
@@ -200,16 +250,47 @@ async def test_impersonation_sends_the_service_token_naming_the_member(
     assert idp.token_requests(grant_type=OBO_GRANT) == []
 
 
-async def test_routes_that_do_not_name_the_member_leave_caller_headers_alone(
+FORGED = {"CallerObjectId": "11111111-2222-3333-4444-555555555555", "MSCRMCallerID": "someone"}
+
+
+async def test_a_sibling_service_route_of_an_impersonating_identity_drops_caller_headers(
     gateway: Proxy, idp: IdentityProvider, echo: EchoUpstream, client: aiohttp.ClientSession
 ) -> None:
-    """Unchanged from before sign-in: see docs/security.md on remove_request_headers."""
-    status, _ = await get(
-        client, f"{gateway.url}/other/x", **bearer(ann(idp)), CallerObjectId="someone"
+    """/other has act_as = "service" but the identity of the impersonate route /dv: a member
+    or a key client must not name someone else through it (the privilege is the principal's)."""
+    for credential in (bearer(ann(idp)), {"X-Api-Key": CI_KEY}):
+        status, _ = await get(client, f"{gateway.url}/other/x", **credential, **FORGED)
+
+        assert status == 200
+        sent = {k.lower() for k, _ in echo.requests[-1].headers}
+        assert not sent & {"callerobjectid", "mscrmcallerid"}, credential.keys()
+
+
+async def test_an_identity_that_impersonates_nowhere_passes_caller_headers_through(
+    start_proxy: StartProxy,
+    idp: IdentityProvider,
+    echo: EchoUpstream,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Unchanged from before sign-in: a route whose identity no impersonate route uses leaves
+    the client's CallerObjectId to the upstream (see docs/security.md)."""
+    other_identity = {"tenant_id": idp.tenant, "client_id": CLIENT, "client_secret": SECRET,
+                      "authority_host": idp.authority_host}  # fmt: skip
+    separate = [
+        {**r, "identity": "plain" if r["name"] == "other" else "default"} for r in routes(echo)
+    ]
+    proxy = await start_proxy(
+        separate,
+        identities={"plain": other_identity},
+        access={"entra": entra(idp), "clients": MEMBERS},
     )
 
+    status, _ = await get(client, f"{proxy.url}/other/x", **bearer(ann(idp)), **FORGED)
+
     assert status == 200
-    assert ("CallerObjectId", "someone") in echo.requests[-1].headers
+    headers = echo.requests[-1].headers
+    assert ("CallerObjectId", FORGED["CallerObjectId"]) in headers
+    assert ("MSCRMCallerID", "someone") in headers
 
 
 async def test_check_gets_no_service_token_for_routes_that_act_as_the_member(

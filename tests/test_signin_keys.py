@@ -114,11 +114,53 @@ async def test_keys_that_failed_are_tried_again_after_a_few_seconds(
     assert "ClientConnectorError" in keys.last_error
 
 
+async def test_with_keys_in_hand_a_failed_fetch_is_not_retried_for_a_minute(
+    idp: IdentityProvider, session: aiohttp.ClientSession
+) -> None:
+    """While the keys endpoint fails, forged tokens with new kids make Entra be asked at most
+    once a minute (5 s is only for a proxy without any keys); known keys keep working."""
+    clock = Clock()
+    signin = signin_for(idp, clock)
+    valid = idp.user_token(audience=GATEWAY_URI, upn="a@contoso.test")
+    await signin.authenticate(valid, session)
+    idp.keys_unavailable = True
+
+    clock.now += 60
+    for step in (0, 5, 30, 24.5):  # 59.5 s after the failed fetch
+        clock.now += step
+        forged = idp.user_token(audience=GATEWAY_URI, unknown_key=True)
+        with pytest.raises(InvalidToken, match="unknown key"):
+            await signin.authenticate(forged, session)
+    assert idp.jwks_requests == 2  # the first fetch, and the one that failed
+    assert signin.keys.last_error is not None
+
+    idp.keys_unavailable = False
+    idp.rotate_signing_key()
+    clock.now += 0.5
+    rotated = idp.user_token(audience=GATEWAY_URI, upn="b@contoso.test")
+    assert (await signin.authenticate(rotated, session)).upn == "b@contoso.test"
+    assert idp.jwks_requests == 3
+
+
 async def test_a_checked_token_costs_a_lookup_until_it_expires(
     idp: IdentityProvider, session: aiohttp.ClientSession
 ) -> None:
     """Remembered by digest: a second check neither fetches nor verifies (the key is gone
-    from the set here, and the token still passes), and a bounded number are remembered."""
+    from the set here, and the token still passes)."""
+    signin = signin_for(idp, Clock())
+    token = idp.user_token(audience=GATEWAY_URI, upn="a@contoso.test")
+    await signin.authenticate(token, session)
+    signin.keys._keys.clear()  # any verification from now on would fail
+
+    assert (await signin.authenticate(token, session)).upn == "a@contoso.test"
+    assert idp.jwks_requests == 1
+
+
+async def test_remembered_tokens_are_bounded_least_recently_used_first_out(
+    idp: IdentityProvider, session: aiohttp.ClientSession
+) -> None:
+    """With room for two, the third valid token pushes the first out: once the keys are gone
+    only the last two still pass."""
     signin = SignIn(
         EntraConfig(idp.tenant_id, (GATEWAY_URI,), idp.authority_host),
         OutboundConfig(),
@@ -127,11 +169,12 @@ async def test_a_checked_token_costs_a_lookup_until_it_expires(
     first, second, third = (
         idp.user_token(audience=GATEWAY_URI, upn=f"{n}@contoso.test") for n in "abc"
     )
-    for token in (first, second):
+    for token in (first, second, third):
         await signin.authenticate(token, session)
     signin.keys._keys.clear()  # any verification from now on would fail
 
+    assert (await signin.authenticate(third, session)).upn == "c@contoso.test"
     assert (await signin.authenticate(second, session)).upn == "b@contoso.test"
-    with pytest.raises(InvalidToken):
-        await signin.authenticate(third, session)  # not remembered: checked, and fails
+    with pytest.raises(InvalidToken, match="unknown key"):
+        await signin.authenticate(first, session)  # forgotten: checked again, and fails
     assert signin.status()["remembered_tokens"] == 2

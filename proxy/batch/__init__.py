@@ -75,8 +75,15 @@ async def admit(request: web.Request, state: State, client: AccessClient | None)
     )
     content_type = request.headers.get("Content-Type", "")
     policy = state.policies[route.name]
-    allow_override = route.policy.allow_method_override
-    return check(body, content_type, place, policy, client, allow_override=allow_override)
+    return check(
+        body,
+        content_type,
+        place,
+        policy,
+        client,
+        allow_override=route.policy.allow_method_override,
+        owns_caller=route.name in state.owns_caller,
+    )
 
 
 async def _read(request: web.Request, most: int) -> bytes:

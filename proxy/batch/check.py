@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import access
+from ..acting import CALLER_HEADERS
 from ..config.access import AccessClient
 from ..errors import BadBatch, BatchError, BatchForbidden, MethodOverrideRefused, ProxyError
 from ..policy import Policy
@@ -44,10 +45,13 @@ def check(
     client: AccessClient | None,
     *,
     allow_override: bool = False,
+    owns_caller: bool = False,
 ) -> Checked:
     """Check every inner request of ``body``; ``BadBatch``, ``MethodOverrideRefused`` or
     ``BatchForbidden`` for the first that fails. ``allow_override``: the route accepts
-    method-override headers, and both the inner method and the overriding one are checked."""
+    method-override headers, and both the inner method and the overriding one are checked.
+    ``owns_caller``: only the proxy may say whom Dataverse acts for on the route, so an inner
+    ``CallerObjectId`` or ``MSCRMCallerID`` is refused (the body is never rewritten)."""
     requests = multipart.read(body, content_type)
     # (change set, Content-ID) -> the path of the record that request makes or changes.
     records: dict[tuple[int, str], str] = {}
@@ -55,6 +59,8 @@ def check(
     kept: list[InnerSummary] = []
     for position, inner in enumerate(requests, start=1):
         try:
+            if owns_caller:
+                _no_caller_header(inner)
             method, path, sent = _one(inner, place, policy, client, records, allow_override)
         except ProxyError as e:
             raise _located(e, position, inner) from None
@@ -117,6 +123,16 @@ def _one(
         # "/accounts(*)" matches what "$n" will name.
         records[key] = path if path.endswith(")") else f"{path}(${content_id})"
     return method, path, sent
+
+
+def _no_caller_header(inner: multipart.InnerRequest) -> None:
+    for name in CALLER_HEADERS:
+        if inner.header(name) is not None:
+            raise BatchForbidden(
+                f"{name} is refused inside a batch on this route: only the proxy says whom "
+                "Dataverse acts for here",
+                where={"reason": "caller_header"},
+            )
 
 
 def _method(inner: multipart.InnerRequest, allow_override: bool) -> str:

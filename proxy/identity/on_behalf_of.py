@@ -15,13 +15,20 @@ token ``401 invalid_token``; the proxy's own trouble (a wrong secret, Entra unre
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from ..errors import ConsentRequired, InvalidToken, OnBehalfOfRefused, ProxyError
+from ..errors import (
+    ConsentRequired,
+    InvalidToken,
+    OnBehalfOfRefused,
+    ProxyError,
+    TokenUnavailable,
+)
 from ..token_cache import TokenCache, unavailable
 from ..tokens import ScopeStatus, Token, TokenError
 
@@ -86,6 +93,15 @@ class _MemberCache(TokenCache[tuple[str, str]]):
 
     def _unavailable(self, error: TokenError, retry_after: float) -> ProxyError:
         return refusal(error, retry_after)
+
+    def _caller_caused(self, error: TokenError) -> bool:
+        # The member's refusals (401/403): a new token of theirs is asked for at once.
+        return not isinstance(refusal(error, 0.0), TokenUnavailable)
+
+    def _fingerprint(self, context: Any) -> Hashable:
+        if not isinstance(context, str):
+            return None
+        return hashlib.sha256(context.encode("utf-8", "surrogatepass")).digest()
 
     def counted(self, key: tuple[str, str], error: str | None) -> None:
         scope = key[1]

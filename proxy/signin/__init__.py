@@ -72,7 +72,7 @@ class SignIn:
     async def authenticate(self, token: str, session: aiohttp.ClientSession) -> Caller:
         """The member ``token`` signs in; ``InvalidToken`` (401) or ``SignInUnavailable``
         (503, no keys) otherwise."""
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         caller = self._valid.get(digest)
         if caller is not None:
             if caller.expires >= time.time():

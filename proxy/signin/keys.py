@@ -31,7 +31,7 @@ log = structlog.get_logger("proxy.signin")
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MIN_INTERVAL = 60.0  # seconds between two fetches after one that worked
-RETRY_INTERVAL = 5.0  # seconds before trying again after one that failed
+RETRY_INTERVAL = 5.0  # seconds before trying again after a failure, while no keys are in hand
 MAX_AGE = 24 * 3600.0  # keys older than this are fetched again when next needed
 
 
@@ -118,7 +118,10 @@ class SigningKeys:
             keys = _keys(await self._json(session, jwks_uri))
         except KeysError as e:
             self.last_error = str(e)
-            self._next_fetch = self._clock() + RETRY_INTERVAL
+            # Soon again only while there are no keys (members cannot sign in at all); with
+            # keys in hand an unknown kid must not make Entra be asked more than once a minute.
+            wait = RETRY_INTERVAL if self._loaded_at is None else self._min_interval
+            self._next_fetch = self._clock() + max(RETRY_INTERVAL, wait)
             log.warning("signin.keys_failed", error=self.last_error, kept=len(self._keys))
             return
         finally:

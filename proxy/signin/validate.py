@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,6 +48,12 @@ class Caller:
 
 KeyLookup = Callable[[str], Awaitable[RSAPublicKey | None]]
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+# Entra's access tokens are a few KiB (a header line is at most 8 KiB anyway); anything longer
+# is refused before it is decoded.
+MAX_TOKEN_CHARS = 16 * 1024
+# What hostile bytes can make decoding raise: bad base64 (binascii.Error), bad UTF-8 and bad
+# JSON (ValueError), a deeply nested value (RecursionError).
+_UNREADABLE = (ValueError, binascii.Error, RecursionError)
 
 
 def _segment(part: str) -> bytes:
@@ -69,6 +76,8 @@ async def validate(
     now: float | None = None,
 ) -> Caller:
     """The member ``token`` signs in, or ``InvalidToken`` saying why not."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidToken("the token is too long")
     head, _, rest = token.partition(".")
     body, _, signature = rest.partition(".")
     try:
@@ -76,7 +85,7 @@ async def validate(
             raise ValueError("not base64url")
         header, claims = _object(head), _object(body)
         signed = _segment(signature)
-    except (ValueError, binascii.Error):
+    except _UNREADABLE:
         raise InvalidToken("not a JWT") from None
     if header.get("alg") != "RS256":
         # Entra signs access tokens with RS256; "none" and HMAC algorithms are never accepted.
@@ -103,10 +112,16 @@ async def validate(
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A finite number of seconds, or None (an int too large for a float, NaN and infinity,
+    which JSON parsing lets through, are not times)."""
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _check_claims(claims: Mapping[str, Any], entra: EntraConfig, now: float) -> None:

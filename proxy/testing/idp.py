@@ -85,6 +85,7 @@ class IdentityProvider(LocalServer, Directory):
 
     - ``delay``: seconds to wait before answering each token request.
     - ``malformed``: answer token requests with 200 and a broken JSON body.
+    - ``keys_unavailable``: answer the keys document with 503 (an outage of that endpoint).
 
     Read by tests:
 
@@ -114,6 +115,7 @@ class IdentityProvider(LocalServer, Directory):
         )
         self.delay = 0.0
         self.malformed = False
+        self.keys_unavailable = False
         self.requests: list[TokenRequest] = []
         self.realm_lookups: list[str] = []
         self.jwks_requests = 0
@@ -218,6 +220,8 @@ class IdentityProvider(LocalServer, Directory):
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_requests += 1
+        if self.keys_unavailable:
+            return web.json_response({"error": "temporarily_unavailable"}, status=503)
         return web.json_response(self.jwks)
 
     def _origin(self, request: web.Request) -> str:
