@@ -66,12 +66,12 @@ class Guard:
         client: AccessClient | None,
     ) -> web.StreamResponse:
         """The grants and policy, then the handler with the request's exchange."""
+        checked = None
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
-            checked = None
             try:
                 _authorize(request, client, state)
                 if batch.is_batch(request.method, request.path):
-                    checked = await batch.admit(request, state, client)
+                    checked = await batch.admit(request, state, client, self._runtime.held_batches)
             except ProxyError as e:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
@@ -85,7 +85,11 @@ class Guard:
                 exchange.batch = checked.summary
             request[KEY] = exchange
             self._runtime.observers.received(exchange)
-        return await handler(request)
+        try:
+            return await handler(request)
+        finally:
+            if checked is not None:  # the batch body is no longer held
+                checked.release()
 
     async def _admit(
         self, request: web.Request, state: State

@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 
 from . import banner
+from .batch.budget import Budget
 from .config import Config
 from .errors import ProxyError, TokenUnavailable
 from .exchange import Observers
@@ -51,6 +52,8 @@ class Runtime:
         self.draining = False
         # Requests in flight per route, for the whole process (a reload keeps counting).
         self.in_flight: dict[str, int] = {r.name: 0 for r in config.routes}
+        # Bytes of $batch bodies held while checked, for the whole process (a reload keeps it).
+        self.held_batches = Budget()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: list[Closable] = []  # replaced by a reload, closed a bit later
 

@@ -4,7 +4,9 @@ ways on a ``rewrite_links`` route.
 ::
 
     guard ── is_batch (POST .../$batch: one look at the path's end) ── admit:
-             read the body whole (bounded: the route's max_body_bytes, else 16 MiB)
+             refuse a Content-Encoding (the check would read other bytes than the upstream)
+             read the body whole (bounded: the route's max_body_bytes, else 16 MiB; and,
+             across the process, budget.Budget: server.max_held_batch_bytes)
              └─ check.check ── multipart.read (strict, bounded)
                             ├─ targets.resolve (proxy / upstream / relative URL -> route path)
                             └─ the route's Policy and the client's grants, per inner request
@@ -18,11 +20,14 @@ be checked otherwise, and nothing may reach the upstream half-checked.
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from ..config.access import AccessClient
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadBatch, BadRequest, PayloadTooLarge, ProxyError
 from ..state import State
+from .budget import Budget, Reservation
 from .check import Checked, check
 from .summary import BatchSummary, InnerSummary
 from .targets import Place
@@ -34,6 +39,7 @@ __all__ = [
     "CHECKED",
     "DEFAULT_MAX_BYTES",
     "BatchSummary",
+    "Budget",
     "Checked",
     "InnerSummary",
     "admit",
@@ -57,38 +63,57 @@ def limit(max_body_bytes: int | None) -> int:
     return max_body_bytes or DEFAULT_MAX_BYTES
 
 
-async def admit(request: web.Request, state: State, client: AccessClient | None) -> Checked | None:
+async def admit(
+    request: web.Request, state: State, client: AccessClient | None, budget: Budget
+) -> Checked | None:
     """Read and check the batch ``request`` carries; None when no route takes it (the
-    forwarder answers 404). Raises the error to answer otherwise."""
+    forwarder answers 404). Raises the error to answer otherwise. The checked batch holds its
+    share of ``budget`` until ``Checked.release``, once its request is over."""
     resolved = state.resolver.resolve(request)
     target = resolved.target
     if target is None:
         return None
+    for coding in request.headers.getall("Content-Encoding", ()):
+        if coding.strip().lower() not in ("", "identity"):
+            raise BadBatch(
+                f"a $batch with Content-Encoding {coding.strip()[:40]!r} cannot be checked as "
+                "the upstream would read it: send it unencoded"
+            )
     route = target.route
-    body = await _read(request, limit(route.policy.max_body_bytes))
-    place = Place.of(
-        route,
-        resolved.listener,
-        state.resolver.route_for,
-        request.headers.get("Host", ""),
-        target.url.raw_path,
-    )
-    content_type = request.headers.get("Content-Type", "")
-    return check(body, content_type, place, state.policies[route.name], client)
+    held = budget.reserve()
+    try:
+        most = limit(route.policy.max_body_bytes)
+        body = await _read(request, most, held, state.config.server.max_held_batch_bytes)
+        place = Place.of(
+            route,
+            resolved.listener,
+            state.resolver.route_for,
+            request.headers.get("Host", ""),
+            target.url.raw_path,
+        )
+        content_type = request.headers.get("Content-Type", "")
+        checked = check(body, content_type, place, state.policies[route.name], client)
+    except BaseException:
+        held.release()
+        raise
+    return dataclasses.replace(checked, held=held)
 
 
-async def _read(request: web.Request, most: int) -> bytes:
+async def _read(request: web.Request, most: int, held: Reservation, budget: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > most:
         raise PayloadTooLarge(f"the body is {declared} bytes; a batch on this route takes {most}")
-    held = bytearray()
+    held.take(declared or 0, budget)
+    body = bytearray()
     try:
         async for chunk in request.content.iter_any():
-            held += chunk
-            if len(held) > most:
+            body += chunk
+            if len(body) > most:
                 raise PayloadTooLarge(f"the body is over {most} bytes, this route's batch limit")
-    except PayloadTooLarge:
+            if len(body) > held.taken:
+                held.take(len(body) - held.taken, budget)
+    except ProxyError:
         raise
     except Exception:  # the client went away or broke the framing mid-body
         raise BadRequest("the batch body ended early") from None
-    return bytes(held)
+    return bytes(body)

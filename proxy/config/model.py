@@ -63,6 +63,8 @@ class ServerConfig:
     public_url: str | None = None  # scheme://host[:port] clients use, e.g. behind a reverse proxy
     trusted_proxies: tuple[str, ...] = ()  # networks whose Forwarded / X-Forwarded-* count
     state_dir: Path | None = None  # the proxy's own files (the local CA); None: none known
+    # Bytes of $batch bodies held at once while they are read and checked (proxy.batch.budget).
+    max_held_batch_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ _KEYS = {
     "state_dir",
     "public_url",
     "trusted_proxies",
+    "max_held_batch_bytes",
 }
 _TLS_FILE_KEYS = ("tls_cert", "tls_key", "tls_key_password", "tls_key_password_file")
 LOCAL_TLS_FOLDER = "tls"  # below server.state_dir: the local CA and its certificate
@@ -91,6 +92,9 @@ def parse_server(
 
         if importlib.util.find_spec("uvloop") is None:
             p.add("server.event_loop", "uvloop is not installed: pip install 'ppproxy[speed]'")
+    held = get(t, "max_held_batch_bytes", int, "server", p, d.max_held_batch_bytes)
+    if held < 1:
+        p.add("server.max_held_batch_bytes", f"must be 1 or more bytes, got {held}")
     folder = state_dir(t, env, base_dir, p)
     return ServerConfig(
         host,
@@ -105,6 +109,7 @@ def parse_server(
         public_url=_public_url(t, p),
         trusted_proxies=_trusted_proxies(t, p),
         state_dir=folder,
+        max_held_batch_bytes=held,
     )
 
 
