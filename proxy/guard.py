@@ -68,14 +68,14 @@ class Guard:
         client: AccessClient | None,
     ) -> web.StreamResponse:
         """The grants and policy, then the handler with the request's exchange."""
+        checked = None
         if not paths.is_reserved(request.path):  # the proxy's own endpoints: not exchanges
-            checked = None
             try:
                 method_override, route = _authorize(request, client, state)
                 if route is not None and client is not None and client.rate_limit is not None:
                     self._runtime.throttling.clients.take(client, route.name)
                 if batch.is_batch(request.method, request.path):
-                    checked = await batch.admit(request, state, client)
+                    checked = await batch.admit(request, state, client, self._runtime.held_batches)
             except ProxyError as e:
                 return self._refuse(request, e, client)
             exchange = Exchange.of(request)
@@ -90,7 +90,11 @@ class Guard:
                 exchange.batch = checked.summary
             request[KEY] = exchange
             self._runtime.observers.received(exchange)
-        return await handler(request)
+        try:
+            return await handler(request)
+        finally:
+            if checked is not None:  # the batch body is no longer held
+                checked.release()
 
     async def _admit(
         self, request: web.Request, state: State

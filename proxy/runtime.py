@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 
 from . import banner
+from .batch.budget import Budget
 from .client_limits import ClientSlots
 from .config import Config
 from .errors import ProxyError, TokenUnavailable
@@ -57,6 +58,8 @@ class Runtime:
         # Requests in flight per route, for the whole process (a reload keeps counting).
         self.in_flight: dict[str, int] = {r.name: 0 for r in config.routes}
         self.clients = ClientSlots()  # requests in flight per [access] client with a cap
+        # Bytes of $batch bodies held while checked, for the whole process (a reload keeps it).
+        self.held_batches = Budget()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: list[Closable] = []  # replaced by a reload, closed a bit later
 

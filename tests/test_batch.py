@@ -11,13 +11,17 @@ import asyncio
 import hashlib
 import json
 import re
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from azure.core.credentials import AccessToken
+from PowerPlatform.Dataverse.aio.async_client import AsyncDataverseClient
 
 from proxy.testing import IdentityProvider, LocalCA
 from proxy.testing.dataverse import DataverseUpstream
@@ -30,6 +34,7 @@ ROOT = "/api/data/v9.2"
 BOUNDARY = "batch_AAA"
 KEY = "ppk_batch-client-key-0123456789abcdef"
 README = Path(__file__).resolve().parent.parent / "README.md"
+SECURITY = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 
 
 @pytest.fixture
@@ -550,6 +555,179 @@ async def test_the_tap_lists_inner_requests_and_responses(
     assert "POST " in record["request_body"]["text"]  # the batch body as text, redacted
 
 
+async def test_a_relative_url_under_batch_slash_is_refused(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """Under .../$batch/ a relative inner URL would be checked below "$batch/" and run below
+    the service root: 400 bad_batch, nothing forwarded; path-absolute URLs still pass."""
+    user = dv.add("systemusers", {"fullname": "Admin"})
+    proxy = await start_proxy([dv_route(dv, deny_paths=[f"{ROOT}/systemusers*"])])
+    url = f"{proxy.url}/dv{ROOT}/$batch/"
+    status, _, raw = await send(
+        client, url, batch(BOUNDARY, request(f"DELETE systemusers({user})"))
+    )
+    assert status == 400, raw
+    assert json.loads(raw)["error"] == "bad_batch"
+    assert json.loads(raw)["batch"]["position"] == 1
+    assert dv.requests == []
+    status, _, raw = await send(
+        client, url, batch(BOUNDARY, request(f"DELETE {ROOT}/systemusers({user})"))
+    )
+    assert status == 403, raw
+    assert dv.requests == []
+
+
+def _gzip_stored(*blocks: bytes) -> bytes:
+    """gzip (RFC 1952) of ``blocks`` as stored deflate blocks (RFC 1951 §3.2.4): each block's
+    5-byte header sits in the raw bytes between the blocks' texts."""
+    out = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    for n, data in enumerate(blocks):
+        final = n == len(blocks) - 1
+        out += bytes([int(final)]) + struct.pack("<HH", len(data), 0xFFFF ^ len(data)) + data
+    whole = b"".join(blocks)
+    return out + struct.pack("<II", zlib.crc32(whole), len(whole))
+
+
+async def test_an_encoded_batch_is_refused(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A Content-Encoding other than identity: 400 bad_batch, nothing forwarded. The body here
+    reads as one allowed POST raw and as that POST plus a denied DELETE once decompressed; an
+    encoding the listener does not decode would have been checked raw."""
+    proxy = await start_proxy([dv_route(dv, deny_paths=[f"{ROOT}/systemusers*"])])
+    part = "--b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+    first = f'\r\n{part}POST accounts HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{{"x":"\n-'
+    second = f"{part[1:]}DELETE systemusers(1) HTTP/1.1\r\n\r\n--b--\r\n"
+    data = _gzip_stored(first.encode(), second.encode())
+    assert zlib.decompress(data, 31).count(b"HTTP/1.1") == 2
+    url = f"{proxy.url}/dv{ROOT}/$batch"
+    for encoding in ("gzip", "x-unknown", "identity, x-unknown"):
+        status, _, raw = await send(client, url, data, "b", **{"Content-Encoding": encoding})
+        assert status == 400, raw
+        assert json.loads(raw)["error"] == "bad_batch"
+    assert dv.requests == []
+    plain = batch(BOUNDARY, request("GET accounts"))
+    status, _, raw = await send(client, url, plain, **{"Content-Encoding": "identity"})
+    assert status == 200, raw
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Authorization: Bearer inner-token",
+        "Cookie: a=b",
+        "Proxy-Authorization: Basic eA==",
+        "X-Internal: internal-secret",
+    ],
+)
+async def test_inner_credentials_and_removed_headers_are_refused(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession, header: str
+) -> None:
+    """Headers the proxy drops from a standalone request (client credentials, the route's
+    remove_request_headers) inside an inner request: 403 forbidden naming the request and the
+    header, nothing forwarded."""
+    proxy = await start_proxy([dv_route(dv, remove_request_headers=["X-Internal"])])
+    body = batch(BOUNDARY, [request("POST accounts", {"name": "x"}, header)])
+    status, _, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    assert status == 403, raw
+    answer = json.loads(raw)
+    assert answer["error"] == "forbidden"
+    assert (answer["batch"]["position"], answer["batch"]["reason"]) == (1, "header_not_allowed")
+    assert header.partition(":")[0] in answer["message"]
+    assert header.partition(":")[2].strip() not in raw.decode()
+    assert dv.requests == []
+
+
+async def test_metadata_inside_a_batch_is_forwarded(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """GET $metadata is OData's own resource, not a reference to no request: the proxy checks
+    it as that path and forwards it, and the upstream answers it (the stand-in, like
+    Microsoft.OData, looks a relative "$..." up as a Content-ID first and refuses it)."""
+    proxy = await start_proxy([dv_route(dv)])
+    body = batch(BOUNDARY, request("GET $metadata"))
+    status, _, raw = await send(client, f"{proxy.url}/dv{ROOT}/$batch", body)
+    [posted] = dv.requests
+    assert [i.target for i in posted.inner] == ["$metadata"]
+    assert b"bad_batch" not in raw
+    assert b"$metadata' does not exist in the batch context" in raw  # the upstream's word
+    assert status == 400
+
+
+async def test_batches_held_at_once_are_bounded_across_the_process(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """server.max_held_batch_bytes: while one batch is being uploaded, another that would pass
+    the budget is 503 upstream_busy with Retry-After; one batch alone passes even over it; the
+    bytes come back when a batch ends, also when its client goes away mid-body."""
+    proxy = await start_proxy([dv_route(dv)], server={"max_held_batch_bytes": 1000})
+    url = f"{proxy.url}/dv{ROOT}/$batch"
+    small = batch(BOUNDARY, request("POST accounts", {"name": "x" * 150}))
+    assert 200 < len(small) < 400
+    big = batch(BOUNDARY, request("POST accounts", {"name": "x" * 1500}))
+    status, _, raw = await send(client, url, big)  # alone: over the budget, still served
+    assert status == 200, raw
+    host, port = proxy.url.removeprefix("http://").split(":")
+
+    async def start_upload(length: int) -> asyncio.StreamWriter:
+        """A batch whose head and first bytes are sent, the rest held back."""
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /dv{ROOT}/$batch HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: multipart/mixed; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {length}\r\n\r\n--{BOUNDARY}\r\n".encode()
+        )
+        await writer.drain()
+        return writer
+
+    async def busy_within(seconds: float) -> dict[str, str]:
+        """Sends the small batch until the budget refuses it."""
+        deadline = time.monotonic() + seconds
+        while True:
+            status, headers, raw = await send(client, url, small)
+            if status == 503:
+                assert json.loads(raw)["error"] == "upstream_busy"
+                return headers
+            assert status == 200, raw
+            assert time.monotonic() < deadline, "the budget never refused"
+            await asyncio.sleep(0.05)
+
+    writer = await start_upload(800)
+    try:
+        headers = await busy_within(10)
+        assert headers["Retry-After"] == "1"
+    finally:
+        writer.close()
+    # The abandoned upload's 800 bytes come back: the small batch passes again.
+    deadline = time.monotonic() + 10
+    while (status := (await send(client, url, small))[0]) != 200:
+        assert status == 503
+        assert time.monotonic() < deadline, "the abandoned batch's bytes were never given back"
+        await asyncio.sleep(0.05)
+    assert dv.requests[-1].body == small.encode()
+
+
+def test_security_doc_and_readme_say_what_batches_and_path_rules_do() -> None:
+    """docs/security.md says what path rules cannot stop and what the $batch check holds;
+    README lists bad_batch and the batch limits."""
+    security = SECURITY.read_text()
+    for needed in (
+        "$expand",
+        "@odata.bind",
+        "security role",
+        "impersonate",
+        'act_as = "user"',
+        "bad_batch",
+        "header_not_allowed",
+        "Content-Encoding",
+        "max_held_batch_bytes",
+    ):
+        assert needed in security, needed
+    readme = README.read_text()
+    for needed in ("bad_batch", "16 MiB", "max_held_batch_bytes"):
+        assert needed in readme, needed
+
+
 # --- real clients ---------------------------------------------------------------------------
 
 
@@ -559,14 +737,12 @@ async def test_microsofts_python_sdk_batch_through_the_proxy(
     """powerplatform-dataverse-client's batch (a create, a list, a change set whose update
     references $1) pointed at the proxy over plain http (its async client; the sync one insists
     on https), against the stand-in that refuses inner URLs outside its service root."""
-    aio = pytest.importorskip("PowerPlatform.Dataverse.aio.async_client")
-    credentials = pytest.importorskip("azure.core.credentials")
 
     class Credential:
         """The async credential protocol; the proxy adds the real token."""
 
         async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-            return credentials.AccessToken("unused", int(time.time()) + 3600)
+            return AccessToken("unused", int(time.time()) + 3600)
 
         async def close(self) -> None:
             return None
@@ -578,7 +754,7 @@ async def test_microsofts_python_sdk_batch_through_the_proxy(
             return None
 
     proxy = await start_proxy([dv_route(dv, rewrite_links=True, deny_paths=["**/systemusers*"])])
-    async with aio.AsyncDataverseClient(f"{proxy.url}/dv", Credential()) as sdk:
+    async with AsyncDataverseClient(f"{proxy.url}/dv", Credential()) as sdk:
         job = sdk.batch.new()
         job.records.create("account", {"name": "Fabrikam"})
         job.records.list("account", select=["name"], filter="name eq 'Fabrikam'", top=2)

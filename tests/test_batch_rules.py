@@ -11,11 +11,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.batch import is_batch, multipart, responses
+from proxy.batch import Budget, is_batch, multipart, responses
 from proxy.batch.check import check
 from proxy.batch.targets import Place, resolve
 from proxy.config import RouteConfig, from_dict
-from proxy.errors import BadBatch, BatchForbidden, MethodOverrideRefused, ProxyError
+from proxy.errors import (
+    BadBatch,
+    BatchForbidden,
+    ConfigError,
+    MethodOverrideRefused,
+    ProxyError,
+    UpstreamBusy,
+)
 from proxy.policy import Policy
 from proxy.routing import Resolver
 from proxy.testing import _multipart as reference_reader
@@ -658,3 +665,205 @@ def test_any_body_is_checked_or_refused_and_read_as_another_reader_reads_it(text
             parsed = reference_reader.parse_request(p.body)
             theirs.append((parsed.method, parsed.target))
     assert mine == theirs
+
+
+# --- relative URLs, service resources, inner headers, echoed lines --------------------------
+
+
+@pytest.mark.parametrize(
+    ("upstream", "batch_path"),
+    [
+        (UP, f"{ROOT}/$batch/"),  # a trailing slash: RFC 3986 would resolve below "$batch/"
+        (UP, f"{ROOT}/$batch;x=1"),
+        (UP, f"{ROOT}/accounts/$batch"),  # below the service root
+        (UP, "/other/$batch"),  # an origin upstream, not a Dataverse service root
+        (UP + ROOT, f"{ROOT}/accounts/$batch"),  # not the route's upstream base
+    ],
+)
+def test_relative_urls_under_any_other_batch_url_are_refused(
+    upstream: str, batch_path: str
+) -> None:
+    """Relative inner URLs are read against the batch URL only where that is the service root
+    the upstream reads them against; elsewhere they are refused, absolute ones still pass."""
+    at = place(routes(upstream=upstream), batch_path=batch_path)
+    with pytest.raises(BadBatch, match="could be read two ways"):
+        resolve("systemusers(1)", at)
+    assert resolve(f"{ROOT}/systemusers(1)", at).path.endswith("/systemusers(1)")
+
+
+@pytest.mark.parametrize(
+    ("upstream", "batch_path"),
+    [(UP, f"{ROOT}/$batch"), (UP, "/API/data/v9.0/%24batch"), (UP + ROOT, f"{ROOT}/$batch")],
+)
+def test_relative_urls_under_the_service_root_batch_url_resolve(
+    upstream: str, batch_path: str
+) -> None:
+    at = place(routes(upstream=upstream), batch_path=batch_path)
+    folder = batch_path.rpartition("/")[0]
+    assert resolve("accounts", at).path == resolve(f"{folder}/accounts", at).path
+
+
+def test_the_reported_relative_bypass_under_batch_slash_is_closed() -> None:
+    """The review's case: DELETE systemusers(1) under .../$batch/ passed a systemusers deny."""
+    configured = routes(deny_paths=[f"{ROOT}/systemusers*"])
+    data = body(op("DELETE systemusers(1)"))
+    at = place(configured, batch_path=f"{ROOT}/$batch/")
+    with pytest.raises(BadBatch):
+        check(data, "multipart/mixed; boundary=b", at, Policy(configured[0]), None)
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("$metadata", f"{ROOT}/$metadata"),
+        ("$metadata#accounts", None),  # a fragment: refused as ever
+        ("$entity?$id=accounts(1)", f"{ROOT}/$entity"),
+        ("$crossjoin(accounts,contacts)", f"{ROOT}/$crossjoin(accounts,contacts)"),
+        ("$all", f"{ROOT}/$all"),
+    ],
+)
+def test_service_resources_are_relative_urls_not_references(target: str, path: str | None) -> None:
+    """GET $metadata (and $entity, $crossjoin, $all) is OData's own resource, checked as the
+    path it names, not refused as a reference to no request."""
+    data = body(op(f"GET {target}"))
+    if path is None:
+        with pytest.raises(BadBatch, match="fragment"):
+            run(data)
+        return
+    assert [r.path for r in run(data).summary.requests] == [path]
+    configured = routes(deny_paths=[f"{ROOT}/$*"])
+    with pytest.raises(BatchForbidden):
+        run(data, configured)
+
+
+def test_a_content_id_may_not_take_a_service_resource_name() -> None:
+    changeset = f"--cs\r\n{op(f'POST {PATH}', 'Content-ID: metadata')}\r\n--cs--"
+    with pytest.raises(BadBatch, match="Content-ID metadata"):
+        run(body(f"Content-Type: multipart/mixed; boundary=cs\r\n\r\n{changeset}"))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Authorization: Bearer eyJhbGciOiJub25lIn0.eyJvaWQiOiJ4In0.",
+        "authorization: Basic dXNlcjpwYXNz",
+        "Proxy-Authorization: Basic dXNlcjpwYXNz",
+        "Cookie: session=1",
+        "X-Internal-Key: 1",  # the route's remove_request_headers
+        "x-internal-key: 1",
+    ],
+)
+def test_inner_headers_the_proxy_would_not_forward_are_forbidden(header: str) -> None:
+    """Client credentials and the route's removed headers inside an inner request: 403 naming
+    the request and the header, never its value."""
+    configured = routes(rewrite_links=True, remove_request_headers=["X-Internal-Key"])
+    data = body(op(f"GET {PATH}"), op(f"GET {PATH}?$top=1", header))
+    with pytest.raises(BatchForbidden) as refused:
+        run(data, configured)
+    answer = refused.value.body()
+    assert answer["error"] == "forbidden"
+    assert answer["batch"] == {
+        "position": 2,
+        "method": "GET",
+        "path": PATH,
+        "reason": "header_not_allowed",
+    }
+    name, _, value = header.partition(":")
+    assert name in answer["message"]
+    assert value.strip() not in json.dumps(answer)
+
+
+def test_other_inner_headers_pass() -> None:
+    configured = routes(rewrite_links=True, remove_request_headers=["X-Internal-Key"])
+    data = body(op(f"GET {PATH}", "Accept: application/json", "Prefer: odata.maxpagesize=2"))
+    assert run(data, configured).summary.total == 1
+
+
+TOKEN = "eyJhbGciOiJub25lIn0.eyJvaWQiOiJzM2NyM3QifQ.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("part", "secret"),
+    [
+        (op(f"GET {PATH}?access_token={TOKEN}").replace(" HTTP/1.1", ""), TOKEN),
+        (op(f"GET {PATH}/{TOKEN}").replace(" HTTP/1.1", " HTTP/9"), TOKEN),
+        (op(f"GET {PATH}", f"Authorization Bearer {TOKEN}"), TOKEN),
+        (op(f"GET {PATH}", "X-Api-Key ppk_s3cr3t-key-value"), "ppk_s3cr3t"),
+        (op(f"GET {PATH}", "Bad Header: ppk_s3cr3t-key-value"), "ppk_s3cr3t"),
+    ],
+)
+def test_malformed_lines_are_echoed_without_what_they_may_hold(part: str, secret: str) -> None:
+    """A malformed request or header line is named in the error without its query, header
+    value or anything shaped like a token, and cut short."""
+    with pytest.raises(BadBatch, match="malformed") as refused:
+        run(body(part))
+    shown = json.dumps(refused.value.body())
+    assert secret not in shown
+    assert "eyJ" not in shown
+    assert len(refused.value.message) < 250
+
+
+def test_a_long_malformed_line_is_cut() -> None:
+    with pytest.raises(BadBatch) as refused:
+        run(body(op("GET /" + "a" * 5000).replace(" HTTP/1.1", "")))
+    assert "a" * 81 not in refused.value.message
+    assert "…" in refused.value.message
+
+
+def test_inner_content_length_follows_the_rewritten_body() -> None:
+    """An inner response's Content-Length is corrected to its rewritten JSON body (longer
+    and shorter), and one without Content-Length gains none."""
+    for mine in ("http://localhost:8080/dv", "http://a-much-longer-proxy-address.example:8080/dv"):
+        rewritten = responses.rewrite(
+            ANSWER,
+            ANSWER_CT,
+            lambda v, m=mine: v.replace(UP, m),
+            lambda d, m=mine: d.replace(UP.encode(), m.encode()),
+        )
+        assert rewritten is not None
+        parts = responses.summarize(rewritten, ANSWER_CT)
+        assert parts is not None
+        listed = rewritten.split(b"HTTP/1.1 200 OK\r\n", 1)[1]
+        head, _, rest = listed.partition(b"\r\n\r\n")
+        declared = int(dict(h.split(b": ", 1) for h in head.split(b"\r\n"))[b"Content-Length"])
+        content = rest.split(b"\r\n--batchresponse_1", 1)[0]
+        assert declared == len(content) == len(LISTED.replace(UP, mine))
+        not_found = rewritten.split(b"HTTP/1.1 404 Not Found\r\n", 1)[1].partition(b"\r\n\r\n")[0]
+        assert b"Content-Length" not in not_found
+
+
+def test_the_batch_budget_bounds_bytes_held_across_batches() -> None:
+    """Reservations add up to the budget; past it UpstreamBusy with Retry-After, unless the
+    batch is alone; bytes come back on release, once."""
+    budget = Budget()
+    first, second = budget.reserve(), budget.reserve()
+    first.take(900, 1000)
+    first.take(300, 1000)  # alone: its route's limit bounds it, not the budget
+    with pytest.raises(UpstreamBusy) as busy:
+        second.take(1, 1000)
+    assert busy.value.headers() == {"Retry-After": "1"}
+    assert budget.held == 1200
+    first.release()
+    first.release()
+    assert budget.held == 0
+    second.take(600, 1000)
+    third = budget.reserve()
+    third.take(400, 1000)
+    with pytest.raises(UpstreamBusy):
+        third.take(1, 1000)
+    second.release()
+    third.release()
+    assert budget.held == 0
+
+
+@pytest.mark.parametrize(("value", "ok"), [(1, True), (0, False), (-5, False), ("x", False)])
+def test_max_held_batch_bytes_setting(value: object, ok: bool) -> None:
+    identities = {"i": {"tenant_id": "t", "client_id": "c", "client_secret": "s"}}
+    raw = {"identities": identities, "server": {"max_held_batch_bytes": value}}
+    if ok:
+        assert from_dict(raw, {}, base_dir=Path()).server.max_held_batch_bytes == value
+        default = from_dict({"identities": identities}, {}, base_dir=Path()).server
+        assert default.max_held_batch_bytes == 32 * 1024 * 1024
+        return
+    with pytest.raises(ConfigError, match=r"server\.max_held_batch_bytes"):
+        from_dict(raw, {}, base_dir=Path())

@@ -184,3 +184,24 @@ async def test_slow_but_steady_body_passes(
     async with client.post(f"{proxy.url}/echo/x", data=steady()) as resp:
         assert resp.status == 200
         assert (await resp.json())["body_bytes"] == 800
+
+
+async def test_paused_batch_body_gets_408_too(start_proxy: StartProxy, echo: EchoUpstream) -> None:
+    """A $batch is read whole by the guard to be checked: the same pause limit holds there."""
+    proxy = await start_proxy(server={"body_timeout": 0.5})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /echo/api/data/v9.2/$batch HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: multipart/mixed; boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n"
+    )
+    await writer.drain()
+    started = time.monotonic()
+    try:
+        status, _, body = await answer(reader, 5)
+    finally:
+        writer.close()
+    assert status == 408
+    assert json.loads(body)["error"] == "body_timeout"
+    assert 0.4 < time.monotonic() - started < 3
+    assert echo.requests == []

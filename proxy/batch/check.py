@@ -18,6 +18,7 @@ from ..config.access import AccessClient
 from ..errors import BadBatch, BatchError, BatchForbidden, MethodOverrideRefused, ProxyError
 from ..policy import Policy
 from . import multipart, targets
+from .budget import Reservation
 from .summary import KEEP, BatchSummary, InnerSummary, cut
 
 # Headers that make a server run another method than the request line's.
@@ -26,6 +27,13 @@ OVERRIDE_HEADERS = ("X-HTTP-Method", "X-HTTP-Method-Override", "X-Method-Overrid
 # Part 1 §11.7.3.1); the characters are those servers read as a Content-ID.
 _REFERENCE = re.compile(r"\$([A-Za-z0-9_.~-]+)(.*)", re.DOTALL)
 _CONTENT_ID = re.compile(r"[A-Za-z0-9_.~-]{1,128}")
+# OData's own resources below the service root (OData 4.0 Part 2 §4.8, §4.12, §4.14, Part 1
+# §11.7): "$metadata" and the like are relative URLs, not references; a Content-ID may not take
+# these names, or a server that looks references up first would read one as the other.
+_SERVICE_RESOURCES = frozenset({"metadata", "entity", "crossjoin", "all", "batch"})
+# Inner headers the proxy never forwards for a client, whatever the route: the proxy's own
+# credentials are the only ones the upstream sees (also dropped from standalone requests).
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -35,6 +43,12 @@ class Checked:
 
     body: bytes
     summary: BatchSummary
+    held: Reservation | None = None  # its share of the process's batch budget, while held
+
+    def release(self) -> None:
+        """Give its bytes back to the budget: its request is over."""
+        if self.held is not None:
+            self.held.release()
 
 
 def check(
@@ -57,10 +71,12 @@ def check(
     records: dict[tuple[int, str], str] = {}
     edits: list[tuple[tuple[int, int], str]] = []
     kept: list[InnerSummary] = []
+    removed = _CREDENTIAL_HEADERS | place.route.edits.remove_request_headers
     for position, inner in enumerate(requests, start=1):
         try:
             if owns_caller:
                 _no_caller_header(inner)
+            _no_removed_header(inner, removed)
             method, path, sent = _one(inner, place, policy, client, records, allow_override)
         except ProxyError as e:
             raise _located(e, position, inner) from None
@@ -97,8 +113,10 @@ def _one(
     content_id = inner.content_id
     if content_id is not None and not _CONTENT_ID.fullmatch(content_id):
         raise BadBatch("a Content-ID must be letters, digits, '_', '.', '~' or '-'")
+    if content_id is not None and content_id.lower() in _SERVICE_RESOURCES:
+        raise BadBatch(f"Content-ID {content_id} would read as the service's ${content_id}")
     reference = _REFERENCE.fullmatch(inner.target)
-    if reference is not None:
+    if reference is not None and reference.group(1).lower() not in _SERVICE_RESOURCES:
         path, sent = _referenced(reference, inner.changeset, records), None
     else:
         _no_reference_inside(inner.target, inner.changeset, records)
@@ -206,3 +224,15 @@ def _spliced(body: bytes, edits: list[tuple[tuple[int, int], str]]) -> bytes:
         last = end
     out += body[last:]
     return bytes(out)
+
+
+def _no_removed_header(inner: multipart.InnerRequest, removed: frozenset[str]) -> None:
+    """Refuse an inner header the proxy would not forward on a standalone request (client
+    credentials, the route's ``remove_request_headers``): it cannot be taken out without
+    rewriting the part, and passing it would give the inner request what the outer one lost."""
+    for name, _ in inner.headers:
+        if name.lower() in removed:
+            raise BatchForbidden(
+                f"an inner request must not carry {name[:100]}: the proxy does not forward it",
+                where={"reason": "header_not_allowed"},
+            )

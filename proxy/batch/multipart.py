@@ -24,9 +24,11 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BadBatch
+from ..observe import redact_text
 
 MAX_REQUESTS = 1000  # Dataverse's limit per batch; also what bounds the work per body
 MAX_HEADERS = 100  # per part and per inner request
+SHOWN = 80  # characters of a malformed line an error echoes
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./=?]{1,70}")  # RFC 2046 bchars less space and ':'
 _PARAM = re.compile(r'\s*;\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\\r\n]|\\.)*"|[^;\s"]*)')
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -217,7 +219,7 @@ def _request(body: bytes, part: Span, changeset: int | None) -> InnerRequest:
     raw_target = line[first_space + 1 : last_space] if first_space < last_space else ""
     target = raw_target.strip(" ")
     if first_space <= 0 or not target or not _TOKEN.fullmatch(method) or version != "HTTP/1.1":
-        raise BadBatch(f"malformed request line {line[:200]!r} (METHOD target HTTP/1.1)")
+        raise BadBatch(f"malformed request line {_shown(line)!r} (METHOD target HTTP/1.1)")
     # In bytes: everything before the target is ASCII, the target itself may not be.
     target_start = line_start + first_space + 1 + len(raw_target) - len(raw_target.lstrip(" "))
     target_span = (target_start, target_start + len(target.encode("utf-8")))
@@ -233,7 +235,7 @@ def _headers(body: bytes, spans: list[tuple[int, int]]) -> Headers:
         line = _text(body[start:end])
         name, colon, value = line.partition(":")
         if not colon or not _TOKEN.fullmatch(name):
-            raise BadBatch(f"malformed header line {line[:200]!r}")
+            raise BadBatch(f"malformed header line starting {_shown_name(line)!r}")
         if any((c < " " and c != "\t") or c == "\x7f" for c in value):
             raise BadBatch(f"control characters in header {name[:100]!r}")
         if name.lower() in seen:
@@ -242,6 +244,19 @@ def _headers(body: bytes, spans: list[tuple[int, int]]) -> Headers:
         seen.add(name.lower())
         pairs.append((name, value.strip(" \t")))
     return tuple(pairs)
+
+
+def _shown(line: str) -> str:
+    """A request line the client sent, as an error may echo it: without its query (it may
+    hold a token), redacted, and short."""
+    shown = redact_text(line.partition("?")[0])
+    return shown if len(shown) <= SHOWN else shown[:SHOWN] + "…"
+
+
+def _shown_name(line: str) -> str:
+    """Of a header line without a colon, only what stands where its name would: the rest may
+    be a credential (``Authorization Bearer …``)."""
+    return _shown(re.split(r"[\s:]", line, maxsplit=1)[0])
 
 
 def _text(data: bytes) -> str:

@@ -11,7 +11,13 @@ sends, so that what is checked is what runs:
 - absolute on the route's upstream: sent as is;
 - path-absolute (``/api/data/v9.2/accounts``): with ``rewrite_links``, a path this route takes
   on the proxy is the proxy's (and rewritten); otherwise it is the upstream's, sent as is;
-- relative (``accounts``): resolved against the batch URL, the same on both sides.
+- relative (``accounts``): resolved against the batch URL (RFC 3986 §5.2), which OData
+  servers read against their service root instead (Microsoft.OData resolves them against its
+  base URI). The two agree only when the batch URL is ``{service root}/$batch`` exactly: the
+  last segment ``$batch`` with no trailing slash or ``;parameters``, in the directory that is
+  the route's upstream base path (or, on a route whose upstream is an origin, a Dataverse
+  service root ``/api/data/v{version}/``). Under any other batch URL a relative inner URL is
+  refused (``400 bad_batch``) rather than checked as one path and run as another.
 
 Any other host is refused, and so is an upstream path outside the route's base path or one
 that a standalone request would reach through another route.
@@ -23,6 +29,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from yarl import URL
 
@@ -33,6 +40,8 @@ from ..hygiene import check_path
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # raw spaces are fine: SDKs write them in queries
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A Dataverse Web API service root, as the directory of a batch URL on an origin upstream.
+_SERVICE_ROOT = re.compile(r"/api/data/v[0-9]+(?:\.[0-9]+)*/", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +72,7 @@ class Place:
     client_host: str  # the Host the client used, lower-case, IPv6 without brackets
     client_port: int | None  # None: the default port of the URL's scheme
     batch_dir: str  # the upstream directory of the batch URL, ending with "/"
+    relative: bool  # relative inner URLs read the same against batch_dir and the service root
     rewrite: bool  # rewrite_links: inner URLs on the proxy's address go out on the upstream
 
     @classmethod
@@ -75,14 +85,18 @@ class Place:
         upstream_batch_path: str,
     ) -> Place:
         host, port = host_port(host_header)
+        upstream = Upstream.of(route.upstream)
+        folder, _, last = upstream_batch_path.rpartition("/")
+        folder += "/"
         return cls(
             route,
-            Upstream.of(route.upstream),
+            upstream,
             listener,
             route_for,
             host,
             port,
-            upstream_batch_path.rpartition("/")[0] + "/",
+            folder,
+            _at_service_root(folder, last, upstream.base),
             route.edits.rewrite_links,
         )
 
@@ -117,7 +131,22 @@ def resolve(target: str, place: Place) -> Resolved:
         return _on_upstream(target, place)
     if target.startswith("?"):
         raise BadBatch("a URL of only a query names the batch itself")
+    if not place.relative:
+        raise BadBatch(
+            "a relative URL under this batch URL could be read two ways (against the batch "
+            "URL or the service root): post the batch to {service root}/$batch, or write the "
+            "URL path-absolute"
+        )
     return _on_upstream(place.batch_dir + target, place)
+
+
+def _at_service_root(folder: str, last: str, base: str) -> bool:
+    """Whether a batch posted to upstream ``folder`` + ``last`` (raw) is ``{root}/$batch``."""
+    if unquote(last).lower() != "$batch":  # "$batch/" has last == "", "$batch;x" keeps ";x"
+        return False
+    if base:
+        return folder == base + "/"
+    return _SERVICE_ROOT.fullmatch(unquote(folder)) is not None
 
 
 def host_port(authority: str) -> tuple[str, int | None]:

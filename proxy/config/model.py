@@ -68,6 +68,8 @@ class ServerConfig:
     header_timeout: float = 10.0  # seconds a request head may take to arrive
     idle_timeout: float = 75.0  # seconds a kept-alive connection may wait for its next request
     max_connections: int = 1000  # per process; more wait in the kernel's backlog
+    # Bytes of $batch bodies held at once while they are read and checked (proxy.batch.budget).
+    max_held_batch_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

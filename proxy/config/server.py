@@ -38,6 +38,7 @@ _KEYS = {
     "header_timeout",
     "idle_timeout",
     "max_connections",
+    "max_held_batch_bytes",
 }
 _TLS_FILE_KEYS = ("tls_cert", "tls_key", "tls_key_password", "tls_key_password_file")
 LOCAL_TLS_FOLDER = "tls"  # below server.state_dir: the local CA and its certificate
@@ -95,6 +96,9 @@ def parse_server(
 
         if importlib.util.find_spec("uvloop") is None:
             p.add("server.event_loop", "uvloop is not installed: pip install 'ppproxy[speed]'")
+    held = get(t, "max_held_batch_bytes", int, "server", p, d.max_held_batch_bytes)
+    if held < 1:
+        p.add("server.max_held_batch_bytes", f"must be 1 or more bytes, got {held}")
     folder = state_dir(t, env, base_dir, p)
     return ServerConfig(
         host,
@@ -113,6 +117,7 @@ def parse_server(
         header_timeout=_seconds(t, "header_timeout", d.header_timeout, p),
         idle_timeout=_seconds(t, "idle_timeout", d.idle_timeout, p),
         max_connections=_max_connections(t, d.max_connections, p),
+        max_held_batch_bytes=held,
     )
 
 
