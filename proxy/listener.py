@@ -103,6 +103,9 @@ def connection_factory(server: web.Server, config: ServerConfig) -> ConnectionFa
             loop=asyncio.get_running_loop(),
             keepalive_timeout=config.idle_timeout,
             access_log=None,
+            # A compressed upload is forwarded as it came, with its Content-Encoding: decoding
+            # it here would send the upstream plain bytes labelled gzip.
+            auto_decompress=False,
         )
 
     return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import os
@@ -73,6 +74,23 @@ async def test_every_method_with_body(
         body = await resp.json()
     assert (body["method"], body["body_bytes"]) == (method, len(data))
     assert body["body_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_compressed_upload_is_forwarded_as_it_came(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A gzip request body reaches the upstream still gzip, labelled so (it decodes it)."""
+    proxy = await start_proxy()
+    data = os.urandom(50_000)
+    packed = gzip.compress(data)
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
+    async with client.post(f"{proxy.url}/echo/up", data=packed, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    assert body["body_sha256"] == hashlib.sha256(data).hexdigest()
+    received = dict(echo.requests[-1].headers)
+    assert received["Content-Encoding"] == "gzip"
+    assert received["Content-Length"] == str(len(packed))
 
 
 async def test_head_keeps_content_length(
