@@ -57,7 +57,7 @@ def body_record(capture: BodyCapture | None, headers: list[tuple[str, str]]) -> 
     if not capture.size:
         return body
     textual = is_text(content_type) or (
-        (not content_type or _is_multipart(content_type)) and _looks_like_text(capture.data)
+        (not content_type or _is_multipart(content_type)) and looks_like_text(capture.data)
     )
     if encoding not in ("", "identity") or not textual:
         body["binary"] = True
@@ -83,7 +83,7 @@ def _is_multipart(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "multipart/mixed"
 
 
-def _looks_like_text(data: bytearray) -> bool:
+def looks_like_text(data: bytearray) -> bool:
     sample = bytes(data[:1024])
     try:
         sample.decode("utf-8")
@@ -96,11 +96,12 @@ def _looks_like_text(data: bytearray) -> bool:
 class Captured:
     """A finished exchange as the tap keeps it: numbered, stamped, never holding the token."""
 
-    __slots__ = ("exchange", "id", "started")
+    __slots__ = ("exchange", "id", "resend_of", "started")
 
-    def __init__(self, record_id: int, exchange: Exchange) -> None:
+    def __init__(self, record_id: int, exchange: Exchange, resend_of: int | None = None) -> None:
         self.id = record_id
         self.exchange = exchange
+        self.resend_of = resend_of  # the exchange this one was resent from, on the tap page
         # The wall clock when it started, read once here rather than on every request.
         self.started = time.time() - exchange.duration_ms / 1000
         upstream = exchange.upstream_headers
@@ -146,6 +147,8 @@ def record(captured: Captured) -> Record:
         "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
         "http_version": "HTTP/1.1",
         "batch": _batch(exchange, response_headers),
+        "resend_of": captured.resend_of,
+        "resendable": resendable(exchange),
     }
 
 
@@ -202,7 +205,22 @@ def summary(captured: Captured) -> Record:
         "timings": _timings(exchange),
         "bytes_out": _bytes_out(exchange),
         "mime_type": _header(response_headers, "Content-Type").split(";", 1)[0].strip(),
+        "resend_of": captured.resend_of,
     }
+
+
+def resendable(exchange: Exchange) -> bool:
+    """Whether the request can be sent again as it was: its body (if any) captured whole."""
+    capture = exchange.request_capture
+    if capture is None or capture.truncated:
+        return False
+    # A body the proxy never read (refused before it was needed) was not captured either.
+    length = exchange.client_headers.get("Content-Length", "")
+    sent = int(length) if length.isdecimal() else 0
+    chunked = "chunked" in exchange.client_headers.get("Transfer-Encoding", "").lower()
+    if chunked:  # no length to compare with: what was read, if anything was
+        return capture.size == exchange.bytes_in and capture.size > 0
+    return capture.size == sent
 
 
 def _timings(exchange: Exchange) -> Record:

@@ -15,7 +15,9 @@ import structlog
 
 from ..config.tap import TapConfig
 from ..exchange import BodyCapture, Exchange, Observer
-from .capture import Captured, Record, record, summary
+from .capture import Captured, Record, headers_of, record, summary
+from .export import export_body
+from .har import Entry
 from .recorder import Recorder
 
 log = structlog.get_logger("proxy.tap")
@@ -34,6 +36,8 @@ class Tap(Observer):
         self._subscribers: set[asyncio.Queue[Record | None]] = set()
         self.recorder = Recorder(config) if config.file is not None else None
         self.closed = False
+        # Resends in flight: their request id -> (the original's id, told the new one's id).
+        self._resends: dict[str, tuple[int, asyncio.Future[int]]] = {}
 
     # -- the observer ----------------------------------------------------------------------
 
@@ -47,7 +51,10 @@ class Tap(Observer):
         rendered or redacted here unless a page is watching live (see capture.Captured)."""
         if exchange.refused:
             return
-        captured = Captured(next(self._ids), exchange)
+        resend = self._resends.pop(exchange.request_id, None) if self._resends else None
+        captured = Captured(next(self._ids), exchange, resend[0] if resend else None)
+        if resend is not None and not resend[1].done():
+            resend[1].set_result(captured.id)
         self._buffer.append(captured)
         if self._subscribers:
             event = summary(captured)
@@ -65,9 +72,26 @@ class Tap(Observer):
     def records(self) -> list[Record]:
         return [record(c) for c in list(self._buffer)]
 
+    def entries(self) -> list[Entry]:
+        """Every record with its bodies as exported (HAR)."""
+        return [(record(c), *exported_bodies(c)) for c in list(self._buffer)]
+
+    def captured(self, exchange_id: int) -> Captured | None:
+        return next((c for c in self._buffer if c.id == exchange_id), None)
+
     def get(self, exchange_id: int) -> Record | None:
-        found = next((c for c in self._buffer if c.id == exchange_id), None)
+        found = self.captured(exchange_id)
         return None if found is None else record(found)
+
+    def expect_resend(self, request_id: str, original: int) -> asyncio.Future[int]:
+        """A future told the id of the exchange with ``request_id`` when it is captured, which
+        is then shown as resent from ``original``."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._resends[request_id] = (original, future)
+        return future
+
+    def forget_resend(self, request_id: str) -> None:
+        self._resends.pop(request_id, None)
 
     def summaries(self, after: int = 0) -> list[Record]:
         return [summary(c) for c in list(self._buffer) if c.id > after]
@@ -89,6 +113,17 @@ class Tap(Observer):
         for queue in self._subscribers:
             _end(queue)
         self._subscribers.clear()
+
+
+def exported_bodies(captured: Captured) -> tuple[dict[str, object], dict[str, object]]:
+    """The request's and the response's bodies as exported (see export.py)."""
+    exchange = captured.exchange
+    upstream = headers_of(exchange.upstream_headers)
+    sent_headers = upstream if upstream is not None else headers_of(exchange.client_headers.items())
+    return (
+        export_body(exchange.request_capture, sent_headers or []),
+        export_body(exchange.response_capture, headers_of(exchange.response_headers) or []),
+    )
 
 
 def _end(queue: asyncio.Queue[Record | None]) -> None:
