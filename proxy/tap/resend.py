@@ -131,6 +131,10 @@ def outgoing(
     if any(c in target for c in " \t"):
         raise BadRequest("target: spaces must be percent-encoded (%20)")
     given = edit.get("headers")
+    if given is None and captured.headers_cut:
+        raise NotResendable(
+            "the headers were cut at tap.max_header_bytes: send them with Edit and resend"
+        )
     if given is None:
         headers = [(k, v) for k, v in exchange.client_headers.items()]
     elif isinstance(given, list) and len(given) <= _MAX_HEADERS:
