@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import secrets
 import stat
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.app import TAP
 from proxy.config import from_dict
@@ -163,6 +166,27 @@ async def test_sas_signature_and_bare_jwt_signature_redacted(
 )
 def test_names_digests_and_ids_are_not_taken_for_signatures(value: str) -> None:
     assert redact_text(value) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.text(max_size=40),
+    after=st.text(max_size=40),
+    seed=st.integers(min_value=0, max_value=2**32),
+    size=st.integers(min_value=64, max_value=256),
+)
+def test_signatures_redacted_wherever_they_sit(
+    before: str, after: str, seed: int, size: int
+) -> None:
+    """Property (part of the fuzz run): a SAS sig= value and a bare signature (ES256-sized or
+    longer) never survive redaction, whatever text surrounds them; redaction is idempotent."""
+    # A signature is random bytes (ES256: 64, RS256: 256), not any bytes.
+    value = base64.urlsafe_b64encode(random.Random(seed).randbytes(size)).decode().rstrip("=")
+    text = f"{before} ?sv=1&sig={value[:20]}&se=2 {value} {after}"
+    out = redact_text(text)
+    assert value[:20] not in out.split("sig=", 1)[1][:20]
+    assert value not in out
+    assert redact_text(out) == out
 
 
 # -- the tap file --------------------------------------------------------------------------

@@ -5,7 +5,8 @@ The command calls the *proxy* (its address and the path the client used), never 
 so the proxy adds the token as it did the first time. It carries the headers the client sent,
 redacted, less those the connection owns (``Host``, ``Content-Length``, hop-by-hop) and less
 every credential (``Authorization``, ``X-Api-Key``, ``Cookie``): when the gateway needs a key,
-the placeholder ``$PPPROXY_KEY`` stands in its place. The body is included when it was
+the placeholder ``$PPPROXY_KEY`` stands in its place (``$PPPROXY_TOKEN``, as a Bearer token, when a
+signed-in member sent the request). The body is included when it was
 captured whole and is text (redacted as the tap shows it); otherwise a comment says why not.
 """
 
@@ -35,6 +36,14 @@ _LEFT_OUT = frozenset(
     }
 )
 KEY_PLACEHOLDER = "$PPPROXY_KEY"
+TOKEN_PLACEHOLDER = "$PPPROXY_TOKEN"  # noqa: S105 - a placeholder, named in the docs
+
+
+def _credential(record: Record) -> tuple[str, str]:
+    """The header a gateway needs, with its placeholder."""
+    if record.get("caller"):
+        return "Authorization", f"Bearer {TOKEN_PLACEHOLDER}"
+    return "X-Api-Key", KEY_PLACEHOLDER
 
 
 class Render(Protocol):
@@ -73,7 +82,8 @@ def curl(record: Record, base: str, *, needs_key: bool, text: str | None) -> str
     parts = [first]
     parts += [f"-H {_sh(f'{k}: {v}')}" for k, v in client_headers(record)]
     if needs_key:
-        parts.append(f'-H "X-Api-Key: {KEY_PLACEHOLDER}"')
+        name, value = _credential(record)
+        parts.append(f'-H "{name}: {value}"')
     if body is not None:
         parts.append(f"--data-binary {_sh(body)}")
     lines.append(" \\\n  ".join(parts))
@@ -98,7 +108,8 @@ def powershell(record: Record, base: str, *, needs_key: bool, text: str | None) 
         else:
             headers.append(f"{_ps(name)} = {_ps(value)}")
     if needs_key:
-        headers.append(f"'X-Api-Key' = {KEY_PLACEHOLDER}")
+        name, value = _credential(record)
+        headers.append(f'{_ps(name)} = "{value}"' if " " in value else f"{_ps(name)} = {value}")
     if headers:
         parts.append("-Headers @{ " + "; ".join(headers) + " }")
     if content_type is not None:
