@@ -22,7 +22,8 @@ import orjson
 import structlog
 
 from ..config.tap import TapConfig
-from .capture import Captured, record
+from .capture import record
+from .kept import Captured
 
 log = structlog.get_logger("proxy.tap")
 # O_NOFOLLOW and O_CLOEXEC are POSIX; where they do not exist (Windows) the checks at load stand.

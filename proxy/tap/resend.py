@@ -42,7 +42,8 @@ from ..errors import (
 )
 from ..peers import is_loopback
 from ..state import State
-from .capture import Captured, resendable
+from .capture import resendable
+from .kept import Captured
 
 HEADER = "X-PPProxy-Tap"
 VALUE = "resend"

@@ -16,9 +16,10 @@ import structlog
 
 from ..config.tap import TapConfig
 from ..exchange import BodyCapture, Exchange, Observer
-from .capture import Captured, Record, headers_of, record, summary
+from .capture import Record, headers_of, record, summary
 from .export import export_body
 from .har import Entry
+from .kept import Captured
 from .recorder import Recorder
 
 log = structlog.get_logger("proxy.tap")
