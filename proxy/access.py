@@ -25,6 +25,9 @@ from .signin import Caller
 KEY_HEADER = "X-Api-Key"
 # The client the guard authenticated, on the request for the handlers that need it (the tap).
 CLIENT = web.RequestKey("access_client", AccessClient)
+# The credential header as the client sent it (name, value), kept on the request (never on the
+# exchange) for the one handler that acts as that client again: the tap's resend.
+CREDENTIAL = web.RequestKey("access_credential", tuple)
 _KEY_PREFIX = "ppk_"  # makes a leaked key easy to recognise for secret scanners
 
 

@@ -102,7 +102,7 @@ def create_app(
     endpoints.install(app, runtime, metrics)
     if the_tap is not None:
         app[TAP] = the_tap
-        tap.install(app, the_tap)
+        tap.install(app, the_tap, runtime)
     forwarder = Forwarder(runtime)
     app.router.register_resource(_EveryPath(forwarder.handle, guard.expect))
     return app

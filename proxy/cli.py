@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from . import __version__, observe
-from .commands import ca, check, demo, init, keygen, register_app, serve, token
+from .commands import ca, check, demo, init, keygen, register_app, replay, serve, token
 from .commands.base import Command, CommandError
 from .errors import ConfigError
 
@@ -25,6 +25,7 @@ COMMANDS: tuple[Command, ...] = (
     register_app.COMMAND,
     keygen.COMMAND,
     demo.COMMAND,
+    replay.COMMAND,
     ca.COMMAND,
 )
 _DESCRIPTION = "Authenticating reverse proxy for the Microsoft Power Platform APIs."

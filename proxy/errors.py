@@ -5,6 +5,9 @@
     ConfigError                  bad configuration; never reaches HTTP
     ProxyError                   answered to the client as JSON {"error": code, "message": ...}
     ├── NoRoute                  404 no_route
+    ├── NotRecorded              404 not_recorded: `ppproxy replay` has no such request
+    │                            (+ "nearest": the recorded requests closest to it)
+    ├── NotResendable            409 not_resendable: the tap did not capture the body whole
     ├── PayloadTooLarge          413 payload_too_large (the route's max_body_bytes)
     ├── ExpectationFailed        417 expectation_failed (an Expect other than 100-continue)
     ├── BadRequest               400 bad_request
@@ -101,6 +104,25 @@ class NoRoute(ProxyError):
         if self.prefixes:
             body["prefixes"] = list(self.prefixes)
         return body
+
+
+class NotRecorded(ProxyError):
+    """``ppproxy replay``: no recorded exchange matches; ``nearest`` are the closest ones."""
+
+    status = 404
+    code = "not_recorded"
+
+    def __init__(self, message: str, *, nearest: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.nearest = tuple(nearest)
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "nearest": list(self.nearest)}
+
+
+class NotResendable(ProxyError):
+    status = 409
+    code = "not_resendable"
 
 
 class PayloadTooLarge(ProxyError):

@@ -115,11 +115,13 @@ class Guard:
         else:
             client = access.authenticate(settings, presented)
         headers = CIMultiDict(request.headers)
+        credential = (presented.header, headers.get(presented.header, ""))
         headers.popall(access.KEY_HEADER, None)
         if presented.header != access.KEY_HEADER:
             headers.popall(presented.header, None)
         request = request.clone(headers=headers)
         request[access.CLIENT] = client
+        request[access.CREDENTIAL] = credential
         if signed_in is not None:
             request[SIGNED_IN] = signed_in
         return client, request

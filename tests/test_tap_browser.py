@@ -5,6 +5,7 @@ never run (its browser downloads are not needed).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy.testing import EchoUpstream, LocalCA
 from proxy.testing.dataverse import DataverseUpstream
@@ -204,3 +206,132 @@ async def test_page_lists_a_batchs_inner_requests_and_responses(
         assert "accounts(" in answers
         await page.screenshot(path=str(tmp_path / "tap-batch.png"))
         assert problems == []
+
+
+async def test_page_copies_as_curl_resends_and_edits(
+    start_proxy: StartProxy,
+    echo: EchoUpstream,
+    browser: Browser,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Copy as curl puts a token-free command calling the proxy on the clipboard; Resend makes
+    a new exchange, linked to the original, with the same upstream request; Edit and resend
+    sends the edited one. The screenshot of the tools goes to $PPPROXY_TAP_TOOLS_SCREENSHOT
+    when set (README's)."""
+    proxy = await start_proxy(tap={"enabled": True})
+    body = b'{"firstname":"Ada","lastname":"Lovelace"}'
+    async with client.post(
+        f"{proxy.url}/echo/contacts?$select=fullname",
+        data=body,
+        headers={"Content-Type": "application/json", "Prefer": "return=representation"},
+    ) as resp:
+        assert resp.status == 200
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 640}, permissions=["clipboard-read", "clipboard-write"]
+    )
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.goto(f"{proxy.url}/_proxy/tap")
+    rows = page.locator("#rows tr")
+    await expect(rows).to_have_count(1, timeout=10_000)
+    await rows.first.click()
+
+    await page.locator("#copy-curl").click()
+    await expect(page.locator("#d-msg")).to_have_text("curl command copied")
+    copied = await page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith(f"curl '{proxy.url}/echo/contacts?$select=fullname'")
+    assert "-H 'Prefer: return=representation'" in copied
+    assert "--data-binary '" + body.decode() + "'" in copied
+    token = dict((k.lower(), v) for k, v in echo.requests[0].headers)["authorization"][7:]
+    assert token.split(".")[2] not in copied
+    assert "Authorization" not in copied
+    await page.locator("#copy-ps").click()
+    await expect(page.locator("#d-msg")).to_have_text("PowerShell command copied")
+    assert (await page.evaluate("navigator.clipboard.readText()")).startswith(
+        "Invoke-RestMethod -Method POST"
+    )
+
+    await page.locator("#resend").click()
+    await expect(rows).to_have_count(2, timeout=10_000)
+    await expect(page.locator("#d-msg")).to_contain_text("Resent as #2 (from #1): 200")
+    await expect(rows.first.locator(".resent")).to_have_attribute("title", "resent from #1")
+    first, again = echo.requests
+    assert (again.method, again.raw_path, again.body_sha256) == (
+        first.method,
+        first.raw_path,
+        first.body_sha256,
+    )
+
+    await page.locator("#edit").click()
+    await page.locator("#e-method").fill("PATCH")
+    await page.locator("#e-target").fill("/echo/contacts(7)")
+    await page.locator("#e-body").fill('{"jobtitle":"Analyst"}')
+    await page.screenshot(path=str(tmp_path / "tap-tools.png"))
+    await page.locator("#e-send").click()
+    await expect(rows).to_have_count(3, timeout=10_000)
+    edited = echo.requests[2]
+    assert (edited.method, edited.raw_path, edited.body_bytes) == ("PATCH", "/contacts(7)", 22)
+    assert ("Prefer", "return=representation") in edited.headers  # headers kept as captured
+    assert problems == []
+    target = os.environ.get("PPPROXY_TAP_TOOLS_SCREENSHOT")
+    if target:
+        shutil.copyfile(tmp_path / "tap-tools.png", target)
+    await context.close()
+
+
+async def test_a_page_of_another_origin_cannot_resend(
+    start_proxy: StartProxy,
+    echo: EchoUpstream,
+    browser: Browser,
+    client: aiohttp.ClientSession,
+) -> None:
+    """A page of another origin on the same site (127.0.0.1, another port: the guard's Host,
+    Origin and Sec-Fetch-Site checks let it through) can neither send the page's header (the
+    CORS preflight fails) nor resend without it."""
+    proxy = await start_proxy(tap={"enabled": True})
+    async with client.post(f"{proxy.url}/echo/x", data=b"{}") as resp:
+        assert resp.status == 200
+
+    async def elsewhere(_: web.Request) -> web.Response:
+        return web.Response(text="<p>elsewhere</p>", content_type="text/html")
+
+    evil = web.Application()
+    evil.router.add_get("/", elsewhere)
+    runner = web.AppRunner(evil)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    evil_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        page = await browser.new_page()
+        await page.goto(evil_url + "/")
+        outcome = await page.evaluate(
+            """async (url) => {
+                const out = [];
+                try {
+                    const headers = { "X-PPProxy-Tap": "resend" };
+                    const r = await fetch(url, { method: "POST", headers });
+                    out.push("with header: " + r.status);
+                } catch (e) { out.push("with header: blocked"); }
+                try {
+                    await fetch(url, { method: "POST", mode: "no-cors", body: "{}" });
+                    out.push("no-cors: sent");
+                } catch (e) { out.push("no-cors: blocked"); }
+                return out;
+            }""",
+            f"{proxy.url}/_proxy/tap/exchanges/1/resend",
+        )
+        assert outcome[0] == "with header: blocked"
+        await asyncio.sleep(0.3)
+    finally:
+        await runner.cleanup()
+    assert len(echo.requests) == 1
+    async with client.get(f"{proxy.url}/_proxy/tap/exchanges") as resp:
+        listed = (await resp.json())["exchanges"]
+    # The preflight shows as the 404 it got; no resent exchange.
+    assert [(x["method"], x["target"]) for x in listed if x["target"].startswith("/echo")] == [
+        ("POST", "/echo/x")
+    ]
+    assert all(x["resend_of"] is None for x in listed)

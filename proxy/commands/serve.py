@@ -18,8 +18,10 @@ from .. import banner, workers
 from ..access import anonymous_warning, exposure_problem
 from ..app import create_app
 from ..config import Config
+from ..config.tap import tap_file_problem
 from ..errors import ConfigError
 from ..server import run, run_until_stopped
+from ..tap.recorder import TapFileError
 from ..tls import TlsError
 from .base import Command, add_config, load_config
 from .ca import prepare_serve
@@ -94,11 +96,16 @@ def with_tap(config: Config, *, on: bool, file: Path | None) -> Config:
     """``--tap`` and ``--tap-file`` over ``[tap]``; a recording file needs the tap on."""
     if not on and file is None:
         return config
-    if file is not None and not file.resolve().parent.is_dir():
-        raise ConfigError([f"--tap-file: no such folder: {file.resolve().parent}"])
-    tap = replace(
-        config.tap, enabled=True, file=config.tap.file if file is None else file.resolve()
-    )
+    if file is not None:
+        # absolute(), not resolve(): a symbolic link planted at the path must be refused, not
+        # followed to wherever it points.
+        file = file.absolute()
+        if not file.parent.is_dir():
+            raise ConfigError([f"--tap-file: no such folder: {file.parent}"])
+        problem = tap_file_problem(file)
+        if problem:
+            raise ConfigError([f"--tap-file: {problem}"])
+    tap = replace(config.tap, enabled=True, file=config.tap.file if file is None else file)
     return replace(config, tap=tap)
 
 
@@ -188,6 +195,9 @@ def serve(
         pass
     except TlsError as e:  # the files changed since the configuration was checked
         print(f"ppproxy: server TLS: {e}", file=sys.stderr)
+        return 2
+    except TapFileError as e:  # planted since the configuration was checked
+        print(f"ppproxy: tap.file: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         log.error(

@@ -4,9 +4,11 @@ to a JSON-lines file.
 
 ::
 
-    exchange observers ─► store.Tap (captures → capture.record, redacted)
-                            ├── ring buffer ─► endpoints (page, SSE, JSON, har.py)
-                            └── recorder.Recorder (JSON lines, rotated)
+    exchange observers ─► store.Tap (captures → capture.Captured: bounded; record: redacted)
+                            ├── two rings (routed, unrouted), under tap.max_memory
+                            │     └── endpoints (page, SSE, JSON; har.py with export.py's
+                            │         bodies; snippets.py: curl, PowerShell; resend.py)
+                            └── recorder.Recorder (JSON lines, rotated, O_NOFOLLOW, 0600)
 """
 
 from .endpoints import EVENTS, EXCHANGES, HAR, PAGE, install, may_look

@@ -11,7 +11,6 @@ claims is kept, decoded when it was issued.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..batch import responses as batch_responses
 from ..exchange import BodyCapture, Exchange
 from ..observe import redact, redact_text
 from ..timefmt import iso
+from .kept import Captured
 
 Record = dict[str, Any]
 _TEXT_TYPES = ("json", "xml", "javascript", "x-www-form-urlencoded", "yaml", "csv", "graphql")
@@ -57,7 +57,7 @@ def body_record(capture: BodyCapture | None, headers: list[tuple[str, str]]) -> 
     if not capture.size:
         return body
     textual = is_text(content_type) or (
-        (not content_type or _is_multipart(content_type)) and _looks_like_text(capture.data)
+        (not content_type or _is_multipart(content_type)) and looks_like_text(capture.data)
     )
     if encoding not in ("", "identity") or not textual:
         body["binary"] = True
@@ -83,7 +83,7 @@ def _is_multipart(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "multipart/mixed"
 
 
-def _looks_like_text(data: bytearray) -> bool:
+def looks_like_text(data: bytearray) -> bool:
     sample = bytes(data[:1024])
     try:
         sample.decode("utf-8")
@@ -91,24 +91,6 @@ def _looks_like_text(data: bytearray) -> bool:
         if e.start < len(sample) - 3:  # a character cut at the sample's end is fine
             return False
     return not any(b < 9 or 13 < b < 32 for b in sample)
-
-
-class Captured:
-    """A finished exchange as the tap keeps it: numbered, stamped, never holding the token."""
-
-    __slots__ = ("exchange", "id", "started")
-
-    def __init__(self, record_id: int, exchange: Exchange) -> None:
-        self.id = record_id
-        self.exchange = exchange
-        # The wall clock when it started, read once here rather than on every request.
-        self.started = time.time() - exchange.duration_ms / 1000
-        upstream = exchange.upstream_headers
-        if upstream is not None:  # the injected token goes now, not when the record is shown
-            exchange.upstream_headers = [
-                (k, "Bearer [redacted]" if k.lower() == "authorization" else v) for k, v in upstream
-            ]
-        exchange.state = None  # keep no configuration version alive for the record's sake
 
 
 def record(captured: Captured) -> Record:
@@ -132,7 +114,7 @@ def record(captured: Captured) -> Record:
         "target": redact_text(exchange.target),
         "upstream_url": None if upstream_url is None else redact_text(str(upstream_url)),
         "status": exchange.status,
-        "reason": exchange.reason,
+        "reason": redact_text(exchange.reason),
         "error": exchange.error,
         "client_headers": _redact_headers(client_headers),
         "upstream_headers": _redact_headers(upstream_headers),
@@ -148,6 +130,8 @@ def record(captured: Captured) -> Record:
         "claims": None if exchange.token_claims is None else redact(dict(exchange.token_claims)),
         "http_version": "HTTP/1.1",
         "batch": _batch(exchange, response_headers),
+        "resend_of": captured.resend_of,
+        "resendable": resendable(exchange) and not captured.headers_cut,
     }
 
 
@@ -204,7 +188,22 @@ def summary(captured: Captured) -> Record:
         "timings": _timings(exchange),
         "bytes_out": _bytes_out(exchange),
         "mime_type": _header(response_headers, "Content-Type").split(";", 1)[0].strip(),
+        "resend_of": captured.resend_of,
     }
+
+
+def resendable(exchange: Exchange) -> bool:
+    """Whether the request can be sent again as it was: its body (if any) captured whole."""
+    capture = exchange.request_capture
+    if capture is None or capture.truncated:
+        return False
+    # A body the proxy never read (refused before it was needed) was not captured either.
+    length = exchange.client_headers.get("Content-Length", "")
+    sent = int(length) if length.isdecimal() else 0
+    chunked = "chunked" in exchange.client_headers.get("Transfer-Encoding", "").lower()
+    if chunked:  # no length to compare with: what was read, if anything was
+        return capture.size == exchange.bytes_in and capture.size > 0
+    return capture.size == sent
 
 
 def _timings(exchange: Exchange) -> Record:

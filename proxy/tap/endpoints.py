@@ -20,12 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import access, paths
+from .. import access, paths, request_id
 from ..config.access import AccessClient
 from ..errors import Forbidden, ProxyError, to_response
 from ..peers import peer_is_loopback
+from ..runtime import Runtime
+from . import resend, snippets
 from .har import har
-from .store import Tap
+from .store import Tap, exported_bodies
 
 PAGE = paths.TAP
 HAR = paths.TAP_HAR
@@ -41,15 +43,19 @@ _NO_STORE = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def install(app: web.Application, tap: Tap) -> None:
+def install(app: web.Application, tap: Tap, runtime: Runtime) -> None:
     """Add the tap's routes (before the catch-all) and its lifecycle to ``app``."""
     page = _Page.load()
-    endpoints = _Endpoints(tap, page)
+    endpoints = _Endpoints(tap, page, runtime)
     app.router.add_get(PAGE, endpoints.guarded(endpoints.page))
     app.router.add_get(HAR, endpoints.guarded(endpoints.har))
     app.router.add_get(EVENTS, endpoints.guarded(endpoints.events))
     app.router.add_get(EXCHANGES, endpoints.guarded(endpoints.exchanges))
-    app.router.add_get(EXCHANGES + "/{id:[0-9]+}", endpoints.guarded(endpoints.exchange))
+    one = EXCHANGES + "/{id:[0-9]+}"
+    app.router.add_get(one, endpoints.guarded(endpoints.exchange))
+    app.router.add_get(one + "/curl", endpoints.guarded(endpoints.curl))
+    app.router.add_get(one + "/powershell", endpoints.guarded(endpoints.powershell))
+    app.router.add_post(one + "/resend", endpoints.guarded(endpoints.resend))
     app.on_shutdown.append(tap.close)
     if tap.recorder is not None:
         recorder = tap.recorder
@@ -97,9 +103,10 @@ class _Page:
 
 
 class _Endpoints:
-    def __init__(self, tap: Tap, page: _Page) -> None:
+    def __init__(self, tap: Tap, page: _Page, runtime: Runtime) -> None:
         self._tap = tap
         self._page = page
+        self._runtime = runtime
 
     def guarded(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -123,8 +130,7 @@ class _Endpoints:
         )
 
     async def har(self, request: web.Request) -> web.StreamResponse:
-        base = f"{request.scheme}://{request.host}"
-        body = json.dumps(har(self._tap.records(), base), ensure_ascii=False, indent=1)
+        body = json.dumps(har(self._tap.entries(), _base(request)), ensure_ascii=False, indent=1)
         return web.Response(
             text=body,
             content_type="application/json",
@@ -145,6 +151,60 @@ class _Endpoints:
         if found is None:
             return _json({"error": "not_found", "message": "no longer in the buffer"}, 404)
         return _json(found)
+
+    async def curl(self, request: web.Request) -> web.StreamResponse:
+        """The request as a curl command that calls the proxy (text/plain)."""
+        return self._command(request, snippets.curl)
+
+    async def powershell(self, request: web.Request) -> web.StreamResponse:
+        """The request as PowerShell's Invoke-RestMethod (text/plain)."""
+        return self._command(request, snippets.powershell)
+
+    def _command(self, request: web.Request, render: snippets.Render) -> web.StreamResponse:
+        captured = self._tap.captured(int(request.match_info["id"]))
+        if captured is None:
+            return _json({"error": "not_found", "message": "no longer in the buffer"}, 404)
+        found = self._tap.get(captured.id)
+        assert found is not None
+        text = exported_bodies(captured)[0]
+        body = text.get("text") if "encoding" not in text else None
+        command = render(
+            found,
+            _base(request),
+            needs_key=self._runtime.state.config.access.enabled,
+            text=body if isinstance(body, str) else None,
+        )
+        return web.Response(text=command, content_type="text/plain", headers=_NO_STORE)
+
+    async def resend(self, request: web.Request) -> web.StreamResponse:
+        """Send a captured request again (edited when the body says how): a new exchange."""
+        try:
+            resend.check_same_origin(request)
+            captured = self._tap.captured(int(request.match_info["id"]))
+            if captured is None:
+                return _json({"error": "not_found", "message": "no longer in the buffer"}, 404)
+            state = self._runtime.state
+            edit = await resend.read_edit(request)
+            method, target, headers, body = resend.outgoing(captured, edit)
+            resend.check_inside_route(request, state, target)
+            new_id = request_id.new()
+            future = self._tap.expect_resend(new_id, captured.id)
+            try:
+                status = await resend.send(
+                    request,
+                    method,
+                    target,
+                    headers,
+                    body,
+                    new_id=new_id,
+                    read_timeout=state.config.outbound.read_timeout + 5,
+                )
+                created = await resend.wait_for(future)
+            finally:
+                self._tap.forget_resend(new_id)
+        except ProxyError as e:
+            return _error(e)
+        return _json({"id": created, "resend_of": captured.id, "status": status})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events (HTML §9.2): the buffer after ``Last-Event-ID``, then live."""
@@ -182,6 +242,11 @@ class _Endpoints:
             return response
         finally:
             self._tap.unsubscribe(queue)
+
+
+def _base(request: web.Request) -> str:
+    """The proxy's address as the person looking at the tap reached it."""
+    return f"{request.scheme}://{request.host}"
 
 
 def _event(item: dict[str, Any]) -> bytes:

@@ -2,15 +2,19 @@
 
 Records are rendered (redacted, serialised) and written in a worker thread fed by one background
 task, so neither a slow disk nor the rendering stalls the event loop. Rotation is the logrotate
-scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``, the oldest dropped. The file is created
-readable by its owner only: it holds traffic.
+scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``, the oldest dropped. The file holds
+traffic: it is opened with ``O_NOFOLLOW`` (a symbolic link planted at its name is refused, not
+followed), created readable by its owner only (0600, whatever the umask), an existing one
+narrowed to 0600, and one that is not a regular file or belongs to another user is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -18,9 +22,24 @@ import orjson
 import structlog
 
 from ..config.tap import TapConfig
-from .capture import Captured, record
+from .capture import record
+from .kept import Captured
 
 log = structlog.get_logger("proxy.tap")
+# O_NOFOLLOW and O_CLOEXEC are POSIX; where they do not exist (Windows) the checks at load stand.
+_FLAGS = (
+    os.O_WRONLY
+    | os.O_APPEND
+    | os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+class TapFileError(OSError):
+    """The recording file must not be written (see the module docstring)."""
+
+
 _BACKLOG = 10_000  # lines waiting for the disk before new ones are dropped (and counted)
 
 
@@ -35,6 +54,10 @@ class Recorder:
         self._file: IO[bytes] | None = None
         self._size = 0
         self.dropped = 0
+        # Records waiting for the disk count against tap.max_memory too (a slow disk must not
+        # grow the process): over it, new lines are dropped and counted.
+        self._max_pending = config.max_memory
+        self._pending = 0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(_BACKLOG)
@@ -45,10 +68,15 @@ class Recorder:
     def submit(self, captured: Captured) -> None:
         if self._queue is None:
             return
+        if self._pending + captured.cost > self._max_pending:
+            self.dropped += 1
+            return
         try:
             self._queue.put_nowait(captured)
         except asyncio.QueueFull:
             self.dropped += 1
+            return
+        self._pending += captured.cost
 
     async def close(self) -> None:
         """Write what is queued, then close the file."""
@@ -72,12 +100,29 @@ class Recorder:
                 await asyncio.to_thread(self._write, batch)
             except OSError as e:
                 log.error("tap.write_failed", file=str(self.path), error=e.strerror)
+            self._pending -= sum(c.cost for c in batch)
             if done:
                 await asyncio.to_thread(self._close)
                 return
 
     def _open(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, _FLAGS, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+                raise TapFileError(f"{self.path} is a symbolic link") from None
+            raise
+        try:
+            found = os.fstat(fd)  # the file opened, not whatever the name points at by now
+            if not stat.S_ISREG(found.st_mode):
+                raise TapFileError(f"{self.path} is not a regular file")
+            if hasattr(os, "geteuid") and found.st_uid != os.geteuid():
+                raise TapFileError(f"{self.path} belongs to another user (uid {found.st_uid})")
+            if found.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
         self._file = os.fdopen(fd, "ab")
         self._size = self._file.tell()
 

@@ -8,6 +8,7 @@ exchange is over. Nothing here ever awaits, so the tap can never delay a stream.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 from collections import deque
 
@@ -15,7 +16,10 @@ import structlog
 
 from ..config.tap import TapConfig
 from ..exchange import BodyCapture, Exchange, Observer
-from .capture import Captured, Record, record, summary
+from .capture import Record, headers_of, record, summary
+from .export import export_body
+from .har import Entry
+from .kept import Captured
 from .recorder import Recorder
 
 log = structlog.get_logger("proxy.tap")
@@ -28,12 +32,19 @@ class Tap(Observer):
     def __init__(self, config: TapConfig) -> None:
         self.config = config
         self._cap = config.max_body_bytes
-        self._buffer: deque[Captured] = deque(maxlen=config.keep)
+        # Two rings: exchanges a route took, and those none did (404 no_route), kept apart so
+        # that requests to nowhere cannot push real traffic out. Together they stay under
+        # tap.max_memory, every record counted whole (Captured.cost).
+        self._routed: deque[Captured] = deque()
+        self._unrouted: deque[Captured] = deque()
+        self.memory = 0
         # Numbered as they finish, so the buffer's ids only grow and ?after=ID misses nothing.
         self._ids = itertools.count(1)
         self._subscribers: set[asyncio.Queue[Record | None]] = set()
         self.recorder = Recorder(config) if config.file is not None else None
         self.closed = False
+        # Resends in flight: their request id -> (the original's id, told the new one's id).
+        self._resends: dict[str, tuple[int, asyncio.Future[int]]] = {}
 
     # -- the observer ----------------------------------------------------------------------
 
@@ -47,8 +58,16 @@ class Tap(Observer):
         rendered or redacted here unless a page is watching live (see capture.Captured)."""
         if exchange.refused:
             return
-        captured = Captured(next(self._ids), exchange)
-        self._buffer.append(captured)
+        resend = self._resends.pop(exchange.request_id, None) if self._resends else None
+        captured = Captured(
+            next(self._ids),
+            exchange,
+            resend[0] if resend else None,
+            max_header_bytes=self.config.max_header_bytes,
+        )
+        if resend is not None and not resend[1].done():
+            resend[1].set_result(captured.id)
+        self._keep(captured)
         if self._subscribers:
             event = summary(captured)
             for queue in list(self._subscribers):
@@ -60,17 +79,54 @@ class Tap(Observer):
         if self.recorder is not None:
             self.recorder.submit(captured)
 
+    def _keep(self, captured: Captured) -> None:
+        routed = captured.exchange.route is not None
+        ring = self._routed if routed else self._unrouted
+        ring.append(captured)
+        self.memory += captured.cost
+        if len(ring) > (self.config.keep if routed else self.config.keep_unrouted):
+            self.memory -= ring.popleft().cost
+        # The newest record always stays (max_memory holds at least one: config.tap).
+        while self.memory > self.config.max_memory and len(self._routed) + len(self._unrouted) > 1:
+            oldest = min((r for r in (self._routed, self._unrouted) if r), key=lambda r: r[0].id)
+            self.memory -= oldest.popleft().cost
+
     # -- what the endpoints read -----------------------------------------------------------
 
+    def _all(self) -> list[Captured]:
+        """Both rings, oldest first."""
+        return list(heapq.merge(self._routed, self._unrouted, key=lambda c: c.id))
+
     def records(self) -> list[Record]:
-        return [record(c) for c in list(self._buffer)]
+        return [record(c) for c in self._all()]
+
+    def entries(self) -> list[Entry]:
+        """Every record with its bodies as exported (HAR)."""
+        return [(record(c), *exported_bodies(c)) for c in self._all()]
+
+    def captured(self, exchange_id: int) -> Captured | None:
+        for ring in (self._routed, self._unrouted):
+            found = next((c for c in ring if c.id == exchange_id), None)
+            if found is not None:
+                return found
+        return None
 
     def get(self, exchange_id: int) -> Record | None:
-        found = next((c for c in self._buffer if c.id == exchange_id), None)
+        found = self.captured(exchange_id)
         return None if found is None else record(found)
 
+    def expect_resend(self, request_id: str, original: int) -> asyncio.Future[int]:
+        """A future told the id of the exchange with ``request_id`` when it is captured, which
+        is then shown as resent from ``original``."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._resends[request_id] = (original, future)
+        return future
+
+    def forget_resend(self, request_id: str) -> None:
+        self._resends.pop(request_id, None)
+
     def summaries(self, after: int = 0) -> list[Record]:
-        return [summary(c) for c in list(self._buffer) if c.id > after]
+        return [summary(c) for c in self._all() if c.id > after]
 
     def subscribe(self) -> asyncio.Queue[Record | None]:
         queue: asyncio.Queue[Record | None] = asyncio.Queue(_QUEUE_SIZE)
@@ -89,6 +145,17 @@ class Tap(Observer):
         for queue in self._subscribers:
             _end(queue)
         self._subscribers.clear()
+
+
+def exported_bodies(captured: Captured) -> tuple[dict[str, object], dict[str, object]]:
+    """The request's and the response's bodies as exported (see export.py)."""
+    exchange = captured.exchange
+    upstream = headers_of(exchange.upstream_headers)
+    sent_headers = upstream if upstream is not None else headers_of(exchange.client_headers.items())
+    return (
+        export_body(exchange.request_capture, sent_headers or []),
+        export_body(exchange.response_capture, headers_of(exchange.response_headers) or []),
+    )
 
 
 def _end(queue: asyncio.Queue[Record | None]) -> None:
