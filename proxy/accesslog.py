@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from .exchange import Exchange, Observer
-from .observe import access, redact_text
+from .observe import access
+from .redaction import redact_text
 
 
 class AccessLog(Observer):

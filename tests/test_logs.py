@@ -8,7 +8,7 @@ import os
 
 import aiohttp
 
-from proxy import observe
+from proxy import observe, redaction
 from proxy.testing import EchoUpstream, IdentityProvider
 
 from .conftest import SECRET, StartProxy, events, raw_exchange
@@ -71,13 +71,19 @@ async def test_no_secret_token_or_query_in_logs(
 
 def test_redact_shapes() -> None:
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl"
-    assert observe.redact_text(f"got {jwt} here") == "got [redacted] here"
+    assert redaction.redact_text(f"got {jwt} here") == "got [redacted] here"
     assert (
-        observe.redact_text("Authorization: Bearer abc.def") == "Authorization: Bearer [redacted]"
+        redaction.redact_text("Authorization: Bearer abc.def") == "Authorization: Bearer [redacted]"
     )
-    assert observe.redact_text("client_secret=hunter2&x=1") == "client_secret=[redacted]&x=1"
-    assert observe.redact({"client_secret": "x", "n": 1}) == {"client_secret": "[redacted]", "n": 1}
-    assert observe.redact([["Cookie", "a=b"], ["X", "y"]]) == [["Cookie", "[redacted]"], ["X", "y"]]
+    assert redaction.redact_text("client_secret=hunter2&x=1") == "client_secret=[redacted]&x=1"
+    assert redaction.redact({"client_secret": "x", "n": 1}) == {
+        "client_secret": "[redacted]",
+        "n": 1,
+    }
+    assert redaction.redact([["Cookie", "a=b"], ["X", "y"]]) == [
+        ["Cookie", "[redacted]"],
+        ["X", "y"],
+    ]
 
 
 async def test_malformed_requests_logged_as_one_warning(

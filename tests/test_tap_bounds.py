@@ -25,7 +25,7 @@ from proxy.app import TAP
 from proxy.config import from_dict
 from proxy.config.tap import TapConfig
 from proxy.errors import ConfigError
-from proxy.observe import redact_text
+from proxy.redaction import redact_text
 from proxy.tap.recorder import Recorder, TapFileError
 from proxy.testing import EchoUpstream, IdentityProvider
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BadBatch
-from ..observe import redact_text
+from ..redaction import redact_text
 
 MAX_REQUESTS = 1000  # Dataverse's limit per batch; also what bounds the work per body
 MAX_HEADERS = 100  # per part and per inner request

@@ -3,7 +3,7 @@
 Bodies were copied (at most ``max_body_bytes`` each) into the exchange's captures while they
 streamed. When the exchange ends the tap keeps it as it is (:class:`Captured`, the injected
 token taken out at once); the record is rendered only when someone looks (the page, HAR, the
-recording file), and everything in it has been through :func:`proxy.observe.redact`: headers
+recording file), and everything in it has been through :func:`proxy.redaction.redact`: headers
 by name and shape, paths, bodies and error text by shape. Of the token, only a summary of its
 claims is kept, decoded when it was issued.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from ..batch import responses as batch_responses
 from ..exchange import BodyCapture, Exchange
-from ..observe import redact, redact_text
+from ..redaction import redact, redact_text
 from ..timefmt import iso
 from .kept import Captured
 

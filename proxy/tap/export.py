@@ -18,7 +18,7 @@ import zlib
 from typing import Any
 
 from ..exchange import BodyCapture
-from ..observe import redact, redact_text
+from ..redaction import redact, redact_text
 from .capture import is_text, looks_like_text
 
 _MAX_DECODED = 16 * 1024 * 1024  # a compressed body decompressed for export, at most

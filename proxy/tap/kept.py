@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from ..config.tap import RECORD_OVERHEAD
 from ..exchange import BodyCapture, Exchange
-from ..observe import redact, redact_text
+from ..redaction import redact, redact_text
 
 
 class Captured:
