@@ -209,7 +209,7 @@ def _keep(raw: Path, to: Path) -> None:
     shutil.copy(raw, to)
 
 
-async def main_async(seconds: float, keep: Path | None) -> str:
+async def main_async(seconds: float, keep: Path | None, loop: str) -> str:
     async with local() as loc:
         up_port = free_port()
         conf = nginx_upstream_conf(loc.tmp / "nginx", up_port)
@@ -219,14 +219,16 @@ async def main_async(seconds: float, keep: Path | None) -> str:
         path = "/bench/hello?x=1"
 
         port = free_port()
-        config = loc.proxy_config("ppproxy", port, [Route("bench", "/", upstream, scope)])
+        routes = [Route("bench", "/", upstream, scope)]
+        # Both proxies on the same event loop: uvloop's C code would hide the loop's share.
+        config = loc.proxy_config("ppproxy", port, routes, event_loop=loop)
         proxy = await start_ppproxy(loc.procs, "ppproxy", config, port, loc.tmp / "ppproxy.log")
         ppproxy = await profile_one(
             loc, "ppproxy", proxy, f"http://{HOST}:{port}{path}", seconds, keep
         )
         await loc.procs.stop(proxy)
 
-        minimal, minimal_url = await loc.start_minimal(upstream, scope)
+        minimal, minimal_url = await loc.start_minimal(upstream, scope, uvloop=loop == "uvloop")
         reference = await profile_one(loc, "minimal", minimal, minimal_url + path, seconds, keep)
         return summarize([ppproxy, reference])
 
@@ -235,11 +237,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Profile ppproxy under wrk load with py-spy.")
     parser.add_argument("--seconds", type=float, default=15.0, help="per profile (default: 15)")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw stacks in this directory")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="both proxies' loop"
+    )
     args = parser.parse_args()
     if shutil.which(PY_SPY) is None:
         print("bench: pip install py-spy first", file=sys.stderr)
         return 2
-    print(asyncio.run(main_async(args.seconds, args.raw)))
+    print(asyncio.run(main_async(args.seconds, args.raw, args.loop)))
     return 0
 
 
