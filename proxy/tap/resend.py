@@ -44,6 +44,7 @@ from ..peers import is_loopback
 from ..state import State
 from .capture import resendable
 from .kept import Captured
+from .snippets import CONNECTION_AND_CREDENTIALS
 
 HEADER = "X-PPProxy-Tap"
 VALUE = "resend"
@@ -55,24 +56,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.1 field-na
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Not copied from the captured request: the connection's headers, the client's credentials
 # (the resend carries the resender's), and its request id (the new exchange gets its own).
-_DROP = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        request_id.HEADER,
-    }
-)
+_DROP = CONNECTION_AND_CREDENTIALS | {request_id.HEADER}
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 

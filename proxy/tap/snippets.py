@@ -16,8 +16,9 @@ from typing import Protocol
 
 from .capture import Record
 
-# Headers the command must not copy: the connection's, and every credential.
-_LEFT_OUT = frozenset(
+# Headers a copied or resent request never takes from the captured one: the connection's own,
+# and the client's credentials (a copy gets a placeholder, a resend the resender's).
+CONNECTION_AND_CREDENTIALS = frozenset(
     {
         "host",
         "content-length",
@@ -32,9 +33,9 @@ _LEFT_OUT = frozenset(
         "authorization",
         "proxy-authorization",
         "x-api-key",
-        "cookie",
     }
 )
+_LEFT_OUT = CONNECTION_AND_CREDENTIALS | {"cookie"}  # a command is pasted elsewhere: no cookie
 KEY_PLACEHOLDER = "$PPPROXY_KEY"
 TOKEN_PLACEHOLDER = "$PPPROXY_TOKEN"  # noqa: S105 - a placeholder, named in the docs
 
