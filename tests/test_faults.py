@@ -318,11 +318,15 @@ async def test_upstream_401_with_large_body_passed_through(
 async def test_429_passes_through_with_retry_after(
     start_proxy: StartProxy, client: aiohttp.ClientSession
 ) -> None:
+    """A Retry-After longer than the route's max_throttle_wait is the client's to honour: the
+    429 reaches it as the upstream sent it (shorter ones are waited out: tests/test_throttle.py)."""
+
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"error": "throttled"}, status=429, headers={"Retry-After": "7"})
 
     async with upstream(handler) as url:
-        proxy = await start_proxy([{"name": "u", "prefix": "/u", "upstream": url}])
+        route = {"name": "u", "prefix": "/u", "upstream": url, "max_throttle_wait": 5}
+        proxy = await start_proxy([route])
         async with client.get(f"{proxy.url}/u/x") as resp:
             assert resp.status == 429
             assert resp.headers["Retry-After"] == "7"
