@@ -129,6 +129,11 @@ async def _call(
         raise UpstreamUnreachable(
             f"{name}: the TLS certificate of {e.host} is not trusted; {CA_FILE_HINT}"
         ) from None
+    except aiohttp.ClientSSLError as e:  # a handshake that failed for another reason
+        raise UpstreamUnreachable(
+            f"{name}: the TLS handshake with {e.host}:{e.port} failed (does it speak HTTPS on "
+            f"that port?); {CA_FILE_HINT}"
+        ) from None
     except aiohttp.ClientConnectorError as e:
         raise UpstreamUnreachable(
             f"{name}: cannot connect to {e.host}:{e.port}: "

@@ -355,7 +355,24 @@ async def test_upstream_tls_untrusted(
             body = await resp.json()
         assert stranger.requests == []
     assert body["error"] == "upstream_unreachable"
-    assert "not trusted" in body["message"]
+    assert "the TLS certificate of 127.0.0.1 is not trusted" in body["message"]
+    assert "outbound.ca_file" in body["message"]
+
+
+async def test_upstream_tls_handshake_failure_names_the_host(
+    start_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """An https:// upstream that answers in plain HTTP: 502 naming host and port, not a bare
+    exception name."""
+    async with EchoUpstream() as plain:
+        port = URL(plain.url).port
+        upstream = f"https://127.0.0.1:{port}"
+        proxy = await start_proxy([{"name": "t", "prefix": "/t", "upstream": upstream}])
+        async with client.get(f"{proxy.url}/t/x") as resp:
+            assert resp.status == 502
+            body = await resp.json()
+    assert body["error"] == "upstream_unreachable"
+    assert f"the TLS handshake with 127.0.0.1:{port} failed" in body["message"]
 
 
 async def test_upstream_timeout(start_proxy: StartProxy, client: aiohttp.ClientSession) -> None:
