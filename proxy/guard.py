@@ -135,7 +135,9 @@ class Guard:
         try:
             client, checked = await self._admit(request, state)
             if not paths.is_reserved(request.path):
-                _authorize(checked, client, state)
+                _, route = _authorize(checked, client, state)
+                if route is not None and client is not None and client.rate_limit is not None:
+                    self._runtime.throttling.clients.check(client, route.name)
             target = state.resolver.resolve(request).target
             limit = target.route.policy.max_body_bytes if target is not None else None
             if target is not None and batch.is_batch(request.method, request.path):

@@ -31,6 +31,15 @@ class ClientRates:
     def take(self, client: AccessClient, route: str) -> None:
         """Count one request of ``client`` (which has a ``rate_limit``) to ``route``, or raise
         ``RateLimited`` without counting it."""
+        rate, due = self._next(client, route)
+        self._tat[client.name] = (rate, due)
+
+    def check(self, client: AccessClient, route: str) -> None:
+        """Raise ``RateLimited`` if ``client``'s next request to ``route`` would be refused,
+        counting nothing (``Expect: 100-continue``: the request itself is counted later)."""
+        self._next(client, route)
+
+    def _next(self, client: AccessClient, route: str) -> tuple[Rate, float]:
         rate = client.rate_limit
         assert rate is not None
         now = time.monotonic()
@@ -45,4 +54,4 @@ class ClientRates:
                 quota=rate.count,
                 window=rate.seconds,
             )
-        self._tat[client.name] = (rate, due)
+        return rate, due

@@ -487,3 +487,35 @@ async def test_an_ended_cooldown_is_dropped_for_every_route(
     assert not throttling.any_cooling
     async with client.get(f"{proxy.url}/_proxy/readyz") as resp:
         assert (await resp.json())["cooldowns"] == []
+
+
+async def test_client_over_its_rate_limit_is_refused_before_its_body_is_asked_for(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """With Expect: 100-continue the answer is 429 instead of 100 Continue: the body never
+    leaves the client (and the check itself uses up none of the client's allowance)."""
+    clients = [{"name": "script", "key_sha256": sha(KEY_A), "rate_limit": "1/10s"}]
+    proxy = await start_proxy(access={"clients": clients})
+    host, port = proxy.url.removeprefix("http://").split(":")
+
+    async def expect_continue() -> tuple[bool, bytes]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"PUT /echo/x HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: {KEY_A}\r\n"
+            "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        await writer.drain()
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                continued = head.startswith(b"HTTP/1.1 100")
+                if continued:
+                    writer.write(b"hello")
+                    head = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+        return continued, head.split(b"\r\n", 1)[0]
+
+    assert await expect_continue() == (True, b"HTTP/1.1 200 OK")  # checked, then counted once
+    assert await expect_continue() == (False, b"HTTP/1.1 429 Too Many Requests")
+    assert len(echo.requests) == 1
