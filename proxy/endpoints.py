@@ -118,21 +118,25 @@ async def _signin_check(runtime: Runtime) -> dict[str, Any] | None:
 
 
 def _cooldowns(runtime: Runtime) -> list[dict[str, Any]]:
-    """The cool-downs in force: upstream origin, identity, seconds left and the routes held."""
+    """The cool-downs in force: upstream origin, identity (and the member, on routes that act as
+    one), seconds left and the routes held."""
     routes = runtime.state.config.routes
     found = []
     for c in runtime.throttling.cooldowns():
         held = [
             r.name
             for r in routes
-            if r.identity == c.identity and str(URL(r.upstream).origin()) == c.upstream
+            if r.identity == c.identity
+            and str(URL(r.upstream).origin()) == c.upstream
+            and (r.act_as == "user") == bool(c.member)  # a member's budget, or the service's
         ]
-        found.append(
-            {
-                "upstream": c.upstream,
-                "identity": c.identity,
-                "seconds_left": math.ceil(c.seconds_left),
-                "routes": held,
-            }
-        )
+        entry: dict[str, Any] = {
+            "upstream": c.upstream,
+            "identity": c.identity,
+            "seconds_left": math.ceil(c.seconds_left),
+            "routes": held,
+        }
+        if c.member:
+            entry["member"] = c.member
+        found.append(entry)
     return found

@@ -68,7 +68,7 @@ async def send(
         )
     while (
         upstream.status in THROTTLING
-        and (wait := gate.throttled(upstream)) is not None
+        and (wait := gate.throttled(upstream, exchange)) is not None
         and gate.may_resend(wait, exchange.throttle_retries, body.replayable)
     ):
         # Retry-After is within max_throttle_wait: wait it out and send the same bytes again,

@@ -44,7 +44,9 @@ THROTTLING = frozenset({429, 503})
 _SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
 _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 
-CooldownKey = tuple[str, str]  # (upstream origin, identity name)
+# (upstream origin, identity name, member): Power Platform counts per user, and on a route that
+# acts as the signed-in member (act_as = "user") each member is a user of their own ("" else).
+CooldownKey = tuple[str, str, str]
 
 
 def retry_after(value: str | None) -> float | None:
@@ -68,6 +70,7 @@ def retry_after(value: str | None) -> float | None:
 class Cooldown:
     upstream: str
     identity: str
+    member: str  # the signed-in member it holds, on act_as = "user" routes ("" otherwise)
     seconds_left: float
 
 
@@ -111,7 +114,7 @@ class Throttling(Observer):
             ):
                 pacer = Pacer(route.name, settings.rate_limit, route.limits.max_queue)
                 self._pacers[route.name] = pacer
-        key = (str(URL(route.upstream).origin()), route.identity)
+        key = (str(URL(route.upstream).origin()), route.identity, "")
         return Gate(self, route, key, pacer, limiter)
 
     @property
@@ -141,13 +144,13 @@ class Throttling(Observer):
         for key in list(self._until):
             left = self.cooling(key)
             if left > 0:
-                yield Cooldown(key[0], key[1], left)
+                yield Cooldown(key[0], key[1], key[2], left)
 
 
 class Gate:
     """One route's way through the throttling, prepared once per configuration version."""
 
-    __slots__ = ("_hub", "_key", "_limiter", "_name", "_pacer", "settings")
+    __slots__ = ("_hub", "_key", "_limiter", "_name", "_pacer", "_per_member", "settings")
 
     def __init__(
         self,
@@ -162,7 +165,13 @@ class Gate:
         self._key = key
         self._pacer = pacer
         self._limiter = limiter
+        self._per_member = route.act_as == "user"  # the member's own token: their own budget
         self.settings = route.throttling
+
+    def _key_for(self, exchange: Exchange) -> CooldownKey:
+        if self._per_member and exchange.caller:
+            return (self._key[0], self._key[1], exchange.caller)
+        return self._key
 
     @property
     def idle(self) -> bool:
@@ -179,9 +188,10 @@ class Gate:
         """Wait out the identity's cool-down on this upstream, or ``UpstreamThrottled`` when
         it is longer than ``max_throttle_wait``."""
         hub = self._hub
+        key = self._key_for(exchange)
         limit = self.settings.max_throttle_wait
         started = time.monotonic()
-        while left := hub.cooling(self._key):
+        while left := hub.cooling(key):
             waited = time.monotonic() - started
             if waited + left > limit:
                 raise UpstreamThrottled(
@@ -200,8 +210,12 @@ class Gate:
         await self.admit(exchange)
         if self._pacer is not None:
             _add_wait(exchange, await self._pacer.turn(budget))
+            # A cool-down may have begun while this request waited for its turn: it must not
+            # go out into it (sending while throttled extends the penalty).
+            if self._hub.cooling(self._key_for(exchange)):
+                await self.admit(exchange)
 
-    def throttled(self, upstream: aiohttp.ClientResponse) -> float | None:
+    def throttled(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> float | None:
         """For a throttling answer (429, or 503 with ``Retry-After``): the seconds it asks to
         wait (None: not one, or a 429 that says nothing). A 429 starts the cool-down."""
         if upstream.status not in THROTTLING:
@@ -210,16 +224,18 @@ class Gate:
         if upstream.status == 503 and seconds is None:
             return None  # an outage, not throttling: nothing says how long
         self._hub.throttled.inc((self._name,))
+        key = self._key_for(exchange)
         if upstream.status == 429 and seconds is not None:
-            self._hub.cool(self._key, seconds)
+            self._hub.cool(key, seconds)
         # One event per throttling answer (rare): which upstream and identity, and for how long.
         log.warning(
             "upstream.throttled",
             route=self._name,
             status=upstream.status,
-            upstream=self._key[0],
-            identity=self._key[1],
+            upstream=key[0],
+            identity=key[1],
             retry_after=seconds,
+            **({"caller": key[2]} if key[2] else {}),
         )
         return seconds
 

@@ -519,3 +519,25 @@ async def test_client_over_its_rate_limit_is_refused_before_its_body_is_asked_fo
     assert await expect_continue() == (True, b"HTTP/1.1 200 OK")  # checked, then counted once
     assert await expect_continue() == (False, b"HTTP/1.1 429 Too Many Requests")
     assert len(echo.requests) == 1
+
+
+async def test_paced_requests_do_not_go_out_into_a_cooldown(
+    start_proxy: StartProxy, dv: DataverseUpstream, client: aiohttp.ClientSession
+) -> None:
+    """Requests already waiting for their pace when a 429 arrives look at the cool-down again
+    once their turn comes: none reaches the upstream before it ends."""
+    proxy = await start_proxy([dv_route(dv, rate_limit="10/1s", retry_throttled=False)])
+    dv.throttle(1, retry_after=2, path="WhoAmI")
+    accounts = f"{proxy.url}/dv/api/data/v9.2/accounts"
+    sent = []
+    for url in (accounts, f"{proxy.url}{WHOAMI}", accounts, accounts, accounts):
+        sent.append(asyncio.create_task(client.get(url)))  # turns every 0.1 s, in this order
+        await asyncio.sleep(0.015)
+    for response in await asyncio.gather(*sent):
+        response.release()
+    assert len(dv.requests) == 5
+    throttled = next(r for r in dv.requests if "WhoAmI" in r.path)
+    waited = [r for r in dv.requests if r.arrived > throttled.arrived]
+    assert len(waited) == 3
+    for later in waited:
+        assert later.arrived - throttled.arrived >= 1.95
