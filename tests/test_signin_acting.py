@@ -306,3 +306,25 @@ async def test_check_gets_no_service_token_for_routes_that_act_as_the_member(
 
     assert "per member (act_as = user)" in out.getvalue()
     assert idp.requests == []
+
+
+async def test_a_members_throttling_holds_that_member_only(
+    start_proxy: StartProxy,
+    echo: EchoUpstream,
+    idp: IdentityProvider,
+    client: aiohttp.ClientSession,
+) -> None:
+    """On a route that acts as the member, Power Platform counts each member as a user of
+    their own: one member's 429 starts a cool-down for that member, not for the others."""
+    route = {"name": "as-user", "prefix": "/user", "upstream": echo.url, "act_as": "user",
+             "max_throttle_wait": 1}  # fmt: skip
+    members = [{"name": "ann", "users": [ANN]}, {"name": "bob", "users": [BOB_OID]}]
+    gateway = await start_proxy([route], access={"entra": entra(idp), "clients": members})
+    ann_token, bob_token = ann(idp), bob(idp)
+    url = f"{gateway.url}/user/_echo/status/429?retry_after=30"
+    async with client.get(url, headers=bearer(ann_token)) as resp:
+        assert resp.status == 429  # longer than max_throttle_wait: passed on, cool-down begins
+    status, _ = await get(client, f"{gateway.url}/user/x", **bearer(bob_token))
+    assert status == 200
+    status, body = await get(client, f"{gateway.url}/user/x", **bearer(ann_token))
+    assert (status, body["error"]) == (429, "upstream_throttled")

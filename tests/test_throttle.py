@@ -536,7 +536,7 @@ async def test_paced_requests_do_not_go_out_into_a_cooldown(
     for response in await asyncio.gather(*sent):
         response.release()
     assert len(dv.requests) == 5
-    throttled = next(r for r in dv.requests if "WhoAmI" in r.path)
+    throttled = next(r for r in dv.requests if "WhoAmI" in r.raw_path)
     waited = [r for r in dv.requests if r.arrived > throttled.arrived]
     assert len(waited) == 3
     for later in waited:

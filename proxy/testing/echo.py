@@ -83,7 +83,8 @@ class EchoUpstream(LocalServer):
     - ``/_echo/bytes/{n}``: n bytes of ``pattern(n)`` with Content-Length.
     - ``/_echo/gzip``: ``GZIP_BODY`` with ``Content-Encoding: gzip``, sent as is.
     - ``/_echo/redirect``: 302 to ``/_echo/elsewhere`` (which echoes like any path).
-    - ``/_echo/status/{code}``: that status (200-599) with a small JSON body.
+    - ``/_echo/status/{code}``: that status (200-599) with a small JSON body
+      (``?retry_after=N``: with ``Retry-After: N``).
     - ``/_echo/slow?seconds=X``: sleeps X seconds, then answers 200.
     - ``/_echo/stall?seconds=X``: sends headers and a first chunk, waits X seconds, then
       sends the rest.
@@ -164,7 +165,9 @@ class EchoUpstream(LocalServer):
         code = int(argument)
         if code in (204, 304):
             return web.Response(status=code)
-        return web.json_response({"status": code}, status=code)
+        retry = request.query.get("retry_after")  # a throttling answer: 429 or 503 + Retry-After
+        headers = {"Retry-After": retry} if retry is not None and retry.isdecimal() else None
+        return web.json_response({"status": code}, status=code, headers=headers)
 
     async def _slow(self, request: web.BaseRequest, argument: str) -> web.StreamResponse:
         seconds = _seconds(request)
