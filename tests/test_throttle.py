@@ -23,10 +23,13 @@ from aiohttp import web
 
 from proxy.app import RUNTIME
 from proxy.config import ConfigError, from_dict
+from proxy.config.access import AccessClient
+from proxy.config.rates import Rate
 from proxy.config.route_options import RouteLimits
-from proxy.errors import UpstreamBusy
+from proxy.errors import RateLimited, UpstreamBusy
 from proxy.jwt_unverified import decode
 from proxy.limits import Limiter
+from proxy.rate_limit import ClientRates
 from proxy.testing import DataverseUpstream, EchoUpstream, IdentityProvider
 from proxy.throttle import retry_after
 
@@ -453,9 +456,9 @@ async def test_client_over_its_rate_limit_gets_429_with_ratelimit_headers(
     async with client.get(f"{proxy.url}/echo/x", headers=a) as resp:
         assert resp.status == 429
         assert (await resp.json())["error"] == "rate_limited"
-        assert resp.headers["Retry-After"] == "5"
+        assert resp.headers["Retry-After"] == "10"  # when the first of the two leaves the window
         assert resp.headers["RateLimit-Policy"] == '"client";q=2;w=10'
-        assert resp.headers["RateLimit"] == '"client";r=0;t=5'
+        assert resp.headers["RateLimit"] == '"client";r=0;t=10'
     async with client.get(f"{proxy.url}/echo/x", headers=b) as resp:
         assert resp.status == 200  # another client is not held back
     assert len(echo.requests) == 3  # never forwarded
@@ -541,3 +544,20 @@ async def test_paced_requests_do_not_go_out_into_a_cooldown(
     assert len(waited) == 3
     for later in waited:
         assert later.arrived - throttled.arrived >= 1.95
+
+
+def test_a_client_rate_limit_is_a_sliding_window() -> None:
+    """No span of DURATION holds more than COUNT of a client's requests: a burst uses the
+    window up, and the next request fits only once the oldest has left it."""
+    rates = ClientRates()
+    limited = AccessClient("script", None, rate_limit=Rate(3, 1.0, "3/1s"))
+    for _ in range(3):
+        rates.take(limited, "r")
+    with pytest.raises(RateLimited) as refused:
+        rates.take(limited, "r")
+    assert 0.9 < refused.value.retry_after <= 1.0
+    time.sleep(0.6)
+    with pytest.raises(RateLimited):  # a token bucket would have refilled one by now
+        rates.take(limited, "r")
+    time.sleep(0.45)
+    rates.take(limited, "r")  # the first has left the window
