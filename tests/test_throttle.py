@@ -561,3 +561,22 @@ def test_a_client_rate_limit_is_a_sliding_window() -> None:
         rates.take(limited, "r")
     time.sleep(0.45)
     rates.take(limited, "r")  # the first has left the window
+
+
+async def test_a_resend_takes_the_token_the_cache_holds_then(
+    start_proxy: StartProxy,
+    dv: DataverseUpstream,
+    idp: IdentityProvider,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Tokens that live 4 s are refreshed 2 s in: a request throttled for 3 s is resent with
+    the newer token, not the one it was first sent with."""
+    idp.token_lifetime = 4
+    proxy = await start_proxy([dv_route(dv)])
+    dv.throttle(1, retry_after=3, path="WhoAmI")
+    async with client.get(f"{proxy.url}{WHOAMI}") as resp:
+        assert resp.status == 200
+    first, second = dv.requests
+    tokens = [(r.header("Authorization") or "").removeprefix("Bearer ") for r in (first, second)]
+    assert tokens[0] != tokens[1]
+    assert decode(tokens[1])[1]["exp"] > decode(tokens[0])[1]["exp"]
