@@ -32,13 +32,15 @@ def allowed_hosts(server: ServerConfig) -> frozenset[str]:
 
 
 def allowed_origins(server: ServerConfig) -> frozenset[str]:
-    """The hosts an ``Origin`` may name: on a loopback listener, the allowed hosts; on any other
-    (a gateway), only the names configured (``server.allowed_hosts``, the host of
-    ``server.public_url``). A page served from the user's own machine
+    """The hosts an ``Origin`` may name: on a loopback listener, the allowed hosts; on any other,
+    or behind a reverse proxy (a gateway), only the names configured (``server.allowed_hosts``,
+    the host of ``server.public_url``). A page served from the user's own machine
     (``http://localhost:3000``) is another site to a gateway reached over the network; list
     ``localhost`` in ``allowed_hosts`` to trust such pages anyway."""
-    if is_loopback(server.host):
+    if is_loopback(server.host) and not server.public_url and not server.trusted_proxies:
         return allowed_hosts(server)
+    # A gateway: listening on the network, or on loopback behind a reverse proxy (public_url,
+    # trusted_proxies), which the network reaches it through.
     return frozenset(_configured(server))
 
 

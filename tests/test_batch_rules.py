@@ -488,6 +488,17 @@ def test_method_overrides_are_refused_unless_allowed(name: str) -> None:
     assert run(body(op(f"POST {PATH}", f"{name}: GET")), configured, allow_override=True)
 
 
+def test_inner_method_overrides_that_disagree_or_name_trace_are_refused() -> None:
+    """As outside a batch: with two override headers, both must name one method; an
+    override to TRACE/TRACK/CONNECT is never taken."""
+    configured = routes(methods=["GET", "POST"])
+    both = op(f"POST {PATH}", "X-HTTP-Method: DELETE\r\nX-HTTP-Method-Override: GET")
+    with pytest.raises(MethodOverrideRefused, match="different methods"):
+        run(body(both), configured, allow_override=True)
+    with pytest.raises(MethodOverrideRefused, match="TRACE"):
+        run(body(op(f"POST {PATH}", "X-HTTP-Method: TRACE")), configured, allow_override=True)
+
+
 def test_an_error_names_the_request_but_never_its_query() -> None:
     configured = routes(methods=["GET", "POST"])
     data = body(op(f"GET {PATH}"), op(f"DELETE {PATH}(1)?secret=s3cr3t"))

@@ -646,6 +646,22 @@ def test_loopback_origins_not_trusted_on_a_gateway(
     assert found == expected
 
 
+@pytest.mark.parametrize(
+    "behind", [{"public_url": "https://ppgw.corp.example"}, {"trusted_proxies": ["127.0.0.1"]}]
+)
+def test_a_loopback_listener_behind_a_reverse_proxy_is_a_gateway_for_origins(
+    behind: dict[str, Any],
+) -> None:
+    """Reached from the network through a proxy on the same machine, a page on the user's own
+    localhost is another site: its Origin is refused unless listed."""
+    raw = {"server": {"host": "127.0.0.1", **behind}, **_MINIMAL}
+    server = from_dict(raw, {}, base_dir=Path()).server
+    h = CIMultiDict(Host="localhost", Origin="http://localhost:3000")
+    with pytest.raises(ProxyError) as refused:
+        check_browser(h, allowed_hosts(server), (), allowed_origins(server))
+    assert refused.value.code == "cross_site_request"
+
+
 def test_public_url_host_is_a_trusted_origin_on_a_gateway() -> None:
     raw = {
         "server": {"host": ANY, "public_url": "https://ppgw.corp.example"},
