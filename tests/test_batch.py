@@ -659,7 +659,8 @@ async def test_batches_held_at_once_are_bounded_across_the_process(
 ) -> None:
     """server.max_held_batch_bytes: while one batch is being uploaded, another that would pass
     the budget is 503 upstream_busy with Retry-After; one batch alone passes even over it; the
-    bytes come back when a batch ends, also when its client goes away mid-body."""
+    bytes come back when a batch ends, also when its client goes away mid-body; a batch that
+    only declares a large length holds only the bytes it sent."""
     proxy = await start_proxy([dv_route(dv)], server={"max_held_batch_bytes": 1000})
     url = f"{proxy.url}/dv{ROOT}/$batch"
     small = batch(BOUNDARY, request("POST accounts", {"name": "x" * 150}))
@@ -670,12 +671,14 @@ async def test_batches_held_at_once_are_bounded_across_the_process(
     host, port = proxy.url.removeprefix("http://").split(":")
 
     async def start_upload(length: int) -> asyncio.StreamWriter:
-        """A batch whose head and first bytes are sent, the rest held back."""
+        """A batch whose head and all but 10 bytes of its body are sent, the rest held back
+        (bytes are booked as they arrive, not as declared)."""
         _, writer = await asyncio.open_connection(host, int(port))
+        first = f"--{BOUNDARY}\r\n"
         writer.write(
             f"POST /dv{ROOT}/$batch HTTP/1.1\r\nHost: {host}:{port}\r\n"
             f"Content-Type: multipart/mixed; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {length}\r\n\r\n--{BOUNDARY}\r\n".encode()
+            f"Content-Length: {length}\r\n\r\n{first}{'x' * (length - len(first) - 10)}".encode()
         )
         await writer.drain()
         return writer
@@ -705,6 +708,19 @@ async def test_batches_held_at_once_are_bounded_across_the_process(
         assert time.monotonic() < deadline, "the abandoned batch's bytes were never given back"
         await asyncio.sleep(0.05)
     assert dv.requests[-1].body == small.encode()
+    # A batch that declares far more than the budget but sends little holds only what it sent.
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /dv{ROOT}/$batch HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: multipart/mixed; boundary={BOUNDARY}\r\n"
+        f"Content-Length: 900\r\n\r\n--{BOUNDARY}\r\n".encode()
+    )
+    await writer.drain()
+    try:
+        status, _, raw = await send(client, url, small)
+        assert status == 200, raw
+    finally:
+        writer.close()
 
 
 def test_security_doc_and_readme_say_what_batches_and_path_rules_do() -> None:
