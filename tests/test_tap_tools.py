@@ -434,3 +434,48 @@ async def test_record_export_stop_then_replay_answers_the_same(
             replayer.send_signal(signal.SIGINT)
             await asyncio.wait_for(replayer.communicate(), 20)
     assert replayer.returncode == 0
+
+
+async def test_replay_keeps_web_pages_out(tmp_path: Path) -> None:
+    """`ppproxy replay` checks Host and Origin as the proxy does: another Host name (DNS
+    rebinding) gets 403 host_not_allowed unless given with --allowed-host, a page of another
+    site gets 403 cross_site_request, neither sees the recorded body; recorded
+    Access-Control-* headers are never replayed."""
+    recorded = entry("GET", "https://up/b", "tenant data")
+    recorded["response"]["headers"] += [
+        {"name": "Access-Control-Allow-Origin", "value": "*"},
+        {"name": "Access-Control-Allow-Credentials", "value": "true"},
+        {"name": "X-Kept", "value": "yes"},
+    ]
+    har = har_file(tmp_path, [recorded])
+    port = free_port()
+    replayer = await spawn(
+        "replay", "--har", str(har), "--port", str(port), "--allowed-host", "replay.test"
+    )
+    assert replayer.stdout is not None
+    base = f"http://127.0.0.1:{port}/b"
+    try:
+        await read_until(replayer.stdout, "Replaying 1 recorded")
+        async with aiohttp.ClientSession() as client:
+            async with client.get(base, headers={"Origin": f"http://localhost:{port}"}) as resp:
+                assert resp.status == 200
+                assert await resp.text() == "tenant data"
+                assert resp.headers["X-Kept"] == "yes"
+                assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+            async with client.get(base, headers={"Host": f"replay.test:{port}"}) as resp:
+                assert resp.status == 200  # named with --allowed-host
+            for headers, code in [
+                ({"Host": f"evil.example:{port}"}, "host_not_allowed"),
+                ({"Origin": "http://evil.example"}, "cross_site_request"),
+                ({"Sec-Fetch-Site": "cross-site"}, "cross_site_request"),
+            ]:
+                async with client.get(base, headers=headers) as resp:
+                    assert resp.status == 403, headers
+                    text = await resp.text()
+                    assert json.loads(text)["error"] == code
+                    assert "tenant data" not in text
+                    assert "access-control-allow-origin" not in {h.lower() for h in resp.headers}
+    finally:
+        replayer.send_signal(signal.SIGINT)
+        await asyncio.wait_for(replayer.communicate(), 20)
+    assert replayer.returncode == 0
