@@ -162,6 +162,54 @@ async def test_edit_and_resend_changes_what_is_sent(
     assert ("X-Custom", "kept") in sent.headers
 
 
+async def test_resend_leaves_out_the_original_clients_credentials(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A plain resend sends no header the redactor takes for a credential (by name or by
+    value) and no Cookie; the answer and the exchange name them, and Edit and resend sends
+    the ones typed back in; a query holding a credential is refused (409), not resent."""
+    proxy = await start_proxy(tap=TAP_ON)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    secret_headers = {
+        "X-Access-Token": "s3cret",
+        "X-Client-Secret": "hunter2",
+        "X-Forwarded-Credential": "abc",
+        "X-Custom-Jwt": jwt,
+        "Cookie": "session=abc",
+    }
+    exchange_id = await post_contact(client, proxy, **secret_headers)
+    assert ("X-Access-Token", "s3cret") in echo.requests[0].headers  # the original had them
+    base = f"{proxy.url}/_proxy/tap/exchanges/{exchange_id}"
+    async with client.get(base) as resp:
+        shown = await resp.json()
+    expected = ["X-Access-Token", "X-Client-Secret", "X-Forwarded-Credential", "X-Custom-Jwt"]
+    assert sorted(shown["resend_leaves_out"]) == sorted([*expected, "Cookie"])
+    async with client.post(base + "/resend", headers=RESEND) as resp:
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+    assert sorted(answer["left_out"]) == sorted([*expected, "Cookie"])
+    again = echo.requests[1]
+    assert ("X-Custom", "kept") in again.headers
+    for name, value in secret_headers.items():
+        assert all(k.lower() != name.lower() for k, _ in again.headers), name
+        assert all(value not in v for _, v in again.headers), name
+    # Edit and resend: a header typed back in is sent as typed.
+    edit = {"headers": [["X-Custom", "kept"], ["X-Access-Token", "mine"]]}
+    async with client.post(base + "/resend", json=edit, headers=RESEND) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["left_out"] == []
+    assert ("X-Access-Token", "mine") in echo.requests[2].headers
+    # A credential in the query is not resent under the resender's identity.
+    async with client.get(f"{proxy.url}/echo/blob?sig=abcdef&x=1") as resp:
+        assert resp.status == 200
+    signed = (await listed(client, proxy))[-1]["id"]
+    url = f"{proxy.url}/_proxy/tap/exchanges/{signed}/resend"
+    async with client.post(url, headers=RESEND) as resp:
+        assert resp.status == 409
+        assert (await resp.json())["error"] == "not_resendable"
+    assert len(echo.requests) == 4
+
+
 @pytest.mark.parametrize(
     ("headers", "why"),
     [

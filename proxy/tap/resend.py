@@ -9,6 +9,11 @@ original client's key, which the tap never kept.
 
 - **Resend** uses the request as captured, unredacted (it never leaves the proxy): method,
   path and query, the client's headers, and the body, which must have been captured whole.
+  It never sends the original client's credentials under the resender's identity: every
+  header the redactor treats as a credential, by name (``sensitive_key``) or by value
+  (``redact_text`` would change it), and ``Cookie`` are left out (:func:`left_out` names them,
+  so the page can say so and they can be typed in Edit and resend); a path or query holding
+  a credential (``sig=``...) is refused (``409 not_resendable``): type it in Edit and resend.
 - **Edit and resend** takes a JSON object from the page: ``method``, ``target``, ``headers``
   (``[[name, value], ...]``) and ``body`` (text); a key left out (or ``null``) keeps the
   captured value, so editing the path alone keeps the unredacted headers and body.
@@ -41,6 +46,7 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..peers import is_loopback
+from ..redaction import redact_text, sensitive_key
 from ..state import State
 from .capture import resendable
 from .kept import Captured
@@ -102,13 +108,37 @@ async def read_edit(request: web.Request) -> dict[str, Any]:
     return edit
 
 
+def _credential_header(name: str, value: str) -> bool:
+    lower = name.lower()
+    return lower == "cookie" or sensitive_key(name) or redact_text(value) != value
+
+
+def left_out(captured: Captured) -> list[str]:
+    """The captured headers a resend leaves out as the original client's credentials (besides
+    ``Authorization`` and ``X-Api-Key``, which are never kept or sent), in captured order."""
+    names: list[str] = []
+    for name, value in captured.exchange.client_headers.items():
+        if name.lower() not in _DROP and _credential_header(name, value) and name not in names:
+            names.append(name)
+    return names
+
+
 def outgoing(
     captured: Captured, edit: dict[str, Any]
 ) -> tuple[str, str, list[tuple[str, str]], bytes | None]:
-    """Method, target, headers and body to send: the captured ones, with the edits."""
+    """Method, target, headers and body to send: the captured ones, with the edits. Captured
+    headers and a captured target go without the original client's credentials (see the
+    module docstring); what the edit gives is sent as typed."""
     exchange = captured.exchange
     method = edit.get("method") or exchange.method
-    target = edit.get("target") or exchange.target
+    target = edit.get("target")
+    if not target:
+        target = exchange.target
+        if isinstance(target, str) and redact_text(target) != target:
+            raise NotResendable(
+                "the path or query holds a credential of the original client: it is not "
+                "resent under your identity; use Edit and resend and type the one to send"
+            )
     if not isinstance(method, str) or not _METHOD.match(method):
         raise BadRequest("method: an HTTP method in capitals, such as GET or PATCH")
     if not isinstance(target, str) or not target.startswith("/") or _BAD_VALUE.search(target):
@@ -121,7 +151,9 @@ def outgoing(
             "the headers were cut at tap.max_header_bytes: send them with Edit and resend"
         )
     if given is None:
-        headers = [(k, v) for k, v in exchange.client_headers.items()]
+        headers = [
+            (k, v) for k, v in exchange.client_headers.items() if not _credential_header(k, v)
+        ]
     elif isinstance(given, list) and len(given) <= _MAX_HEADERS:
         headers = []
         for pair in given:
