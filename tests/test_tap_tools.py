@@ -210,6 +210,38 @@ async def test_resend_leaves_out_the_original_clients_credentials(
     assert len(echo.requests) == 4
 
 
+async def test_resend_the_guard_refuses_answers_at_once_with_its_error(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """An Edit and resend the route's policy refuses answers at once with the proxy's own
+    status and error code (not a 10 s wait and an id of null)."""
+    routes = [
+        {
+            "name": "echo",
+            "prefix": "/echo",
+            "upstream": echo.url,
+            "deny_paths": ["/secret/**"],
+            "methods": ["GET", "POST"],
+        }
+    ]
+    proxy = await start_proxy(routes=routes, tap=TAP_ON)
+    exchange_id = await post_contact(client, proxy)
+    url = f"{proxy.url}/_proxy/tap/exchanges/{exchange_id}/resend"
+    for edit, status, code in [
+        ({"target": "/echo/secret/x"}, 403, "path_not_allowed"),
+        ({"method": "DELETE"}, 405, "method_not_allowed"),
+    ]:
+        started = asyncio.get_running_loop().time()
+        async with client.post(url, json=edit, headers=RESEND) as resp:
+            assert resp.status == status, await resp.text()
+            assert (await resp.json())["error"] == code
+        assert asyncio.get_running_loop().time() - started < 3
+    assert len(echo.requests) == 1
+    async with client.post(url, headers=RESEND) as resp:  # an allowed one still gets its id
+        assert resp.status == 200
+        assert (await resp.json())["id"] is not None
+
+
 @pytest.mark.parametrize(
     ("headers", "why"),
     [

@@ -27,7 +27,7 @@ from ..peers import peer_is_loopback
 from ..runtime import Runtime
 from . import resend, snippets
 from .har import har
-from .store import Tap, exported_bodies
+from .store import REFUSED, Tap, exported_bodies
 
 PAGE = paths.TAP
 HAR = paths.TAP_HAR
@@ -193,7 +193,7 @@ class _Endpoints:
             new_id = request_id.new()
             future = self._tap.expect_resend(new_id, captured.id)
             try:
-                status = await resend.send(
+                answer = await resend.send(
                     request,
                     method,
                     target,
@@ -207,9 +207,18 @@ class _Endpoints:
                 self._tap.forget_resend(new_id)
         except ProxyError as e:
             return _error(e)
+        if created == REFUSED:  # the guard refused it (policy, grants, a bad path): say why
+            response = resend.refusal(answer)
+            response.headers.update(_NO_STORE)
+            return response
         leaves_out = resend.left_out(captured) if edit.get("headers") is None else []
         return _json(
-            {"id": created, "resend_of": captured.id, "status": status, "left_out": leaves_out}
+            {
+                "id": created,
+                "resend_of": captured.id,
+                "status": answer.status,
+                "left_out": leaves_out,
+            }
         )
 
     async def events(self, request: web.Request) -> web.StreamResponse:

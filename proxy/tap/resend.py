@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import aiohttp
@@ -56,6 +56,7 @@ HEADER = "X-PPProxy-Tap"
 VALUE = "resend"
 _MAX_FORM = 8 * 1024 * 1024  # an edited request, as JSON: bounded, like every body read here
 _MAX_HEADERS = 200
+_ERROR_HEAD = 4096  # bytes of a JSON answer kept: the proxy's own errors are far shorter
 _WAIT = 10.0  # seconds to wait for the new exchange to be captured after its answer ended
 _METHOD = re.compile(r"^[A-Z][A-Z0-9-]{0,31}$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.1 field-name
@@ -64,6 +65,16 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # (the resend carries the resender's), and its request id (the new exchange gets its own).
 _DROP = CONNECTION_AND_CREDENTIALS | {request_id.HEADER}
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+class Answer(NamedTuple):
+    status: int
+    head: bytes  # up to _ERROR_HEAD bytes of a JSON answer, else empty
+
+
+def refusal(answer: Answer) -> web.Response:
+    """The guard's refusal of a resend, as the proxy answered it (status and JSON error)."""
+    return web.Response(status=answer.status, body=answer.head, content_type="application/json")
 
 
 def check_same_origin(request: web.Request) -> None:
@@ -206,8 +217,9 @@ async def send(
     *,
     new_id: str,
     read_timeout: float,
-) -> int:
-    """Send the request to this listener; read (and drop) the answer; its status."""
+) -> Answer:
+    """Send the request to this listener; read (and drop) the answer: its status, and the
+    first bytes of a JSON answer (the proxy's error, when the guard refused it)."""
     host, port = _own_address(request)
     tls = request.transport is not None and (
         request.transport.get_extra_info("sslcontext") is not None
@@ -239,9 +251,14 @@ async def send(
                 ssl=not tls,  # verification off for TLS: it is this very socket
             ) as answer,
         ):
-            async for _ in answer.content.iter_chunked(65536):
-                pass  # streamed through and dropped: the tap keeps what it captures
-            return answer.status
+            head = b""
+            keep = _ERROR_HEAD if answer.content_type == "application/json" else 0
+            async for chunk in answer.content.iter_chunked(65536):
+                # Streamed through and dropped (the tap keeps what it captures), all but the
+                # first bytes of a JSON answer.
+                if len(head) < keep:
+                    head += chunk[: keep - len(head)]
+            return Answer(answer.status, head)
     except (aiohttp.ClientError, TimeoutError) as e:
         raise UpstreamUnreachable(
             f"the resend could not reach this proxy's listener ({type(e).__name__})"
