@@ -103,11 +103,38 @@ async def test_commands_use_a_key_placeholder_on_a_gateway(
     assert powershell.startswith(
         f"Invoke-RestMethod -Method POST -Uri '{proxy.url}/echo/contacts?$select=name&x=1'"
     )
-    assert "'X-Api-Key' = $PPPROXY_KEY" in powershell
+    # PowerShell reads the environment variable the curl command reads: $env:, not a
+    # PowerShell variable of the same name.
+    assert "'X-Api-Key' = $env:PPPROXY_KEY" in powershell
     assert "-ContentType 'application/json'" in powershell
     assert '-Body \'{"firstname": "Ada", "note": "it\'\'s"}\'' in powershell
     for text in (curl, powershell):
         assert key not in text
+
+
+async def test_curl_command_for_head_asks_for_the_head_only(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A captured HEAD becomes `curl -I` (not `-X HEAD`, which waits for a body that never
+    comes): run by a shell, it ends at once and reaches the upstream as HEAD."""
+    proxy = await start_proxy(tap=TAP_ON)
+    async with client.head(f"{proxy.url}/echo/contacts?x=1") as resp:
+        assert resp.status == 200
+    [item] = await listed(client, proxy)
+    async with client.get(f"{proxy.url}/_proxy/tap/exchanges/{item['id']}/curl") as resp:
+        command = await resp.text()
+    assert command.startswith(f"curl -I '{proxy.url}/echo/contacts?x=1'")
+    assert "-X HEAD" not in command
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command.replace("curl ", "curl -s -o /dev/null ", 1)
+    )
+    try:
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert [r.method for r in echo.requests] == ["HEAD", "HEAD"]
 
 
 async def test_curl_leaves_out_a_body_not_captured_whole(
