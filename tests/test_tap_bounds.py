@@ -294,14 +294,16 @@ async def test_fifo_at_the_tap_file_is_refused_not_waited_on(tmp_path: Path) -> 
 async def test_fifo_planted_before_a_rotation_does_not_block_the_recorder(
     start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """While the tap file rotates, FIFOs keep being planted at its name: every reopen refuses
-    them at once, so the recorder still closes (shutdown does not hang)."""
+    """While the tap file rotates, FIFOs keep being planted at its name: the reopen refuses
+    one at once (never waits on it), the recorder keeps running and writes again once the name
+    is free, and it still closes (shutdown does not hang)."""
     path = tmp_path / "tap.jsonl"
     proxy = await start_proxy(
         tap={"enabled": True, "file": str(path), "file_max_bytes": 1024, "file_keep": 1}
     )
     recorder = proxy.app[TAP].recorder
     assert recorder is not None
+    moved = tmp_path / "planted"
     stop = threading.Event()
     planted = 0
 
@@ -323,10 +325,17 @@ async def test_fifo_planted_before_a_rotation_does_not_block_the_recorder(
             await asyncio.sleep(0.01)  # one batch, so one rotation, at a time
         stop.set()
         planter.join()
-        assert planted > 1  # rotations moved FIFOs away and reopened the name
+        assert planted >= 1
+        assert stat.S_ISFIFO(path.lstat().st_mode)  # what the last reopen met
+        path.rename(moved)  # kept, not unlinked: before the fix an open waits on it
+        async with client.get(f"{proxy.url}/echo/after-the-fifo") as resp:
+            assert resp.status == 200
+        assert (await listed(client, proxy))[-1]["target"] == "/echo/after-the-fifo"
         await asyncio.wait_for(recorder.close(), 5)
+        assert "/echo/after-the-fifo" in path.read_text()
     finally:
         stop.set()
         planter.join()
-        with contextlib.suppress(OSError):  # before the fix: let the blocked open go
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        for fifo in (path, moved):  # before the fix: let the blocked open go
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))

@@ -139,13 +139,15 @@ class Recorder:
     def _write(self, batch: list[Captured]) -> None:
         for captured in batch:
             line = orjson.dumps(record(captured)) + b"\n"
-            if self._size and self._size + len(line) > self._max_bytes:
+            if self._file is None:  # an open refused at the last rotation: try the name again
+                self._open()
+            elif self._size and self._size + len(line) > self._max_bytes:
                 self._rotate()
             assert self._file is not None
             self._file.write(line)
             self._size += len(line)
-        assert self._file is not None
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
 
     def _rotate(self) -> None:
         self._close()
