@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
 import secrets
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +263,79 @@ async def test_tap_file_of_another_user_refused(
     with pytest.raises(TapFileError, match="another user"):
         await recorder.start()
     assert theirs.read_text() == ""
+
+
+async def test_fifo_at_the_tap_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO planted at tap.file (after the check at load) is refused at once when the file is
+    opened, with or without a reader, instead of blocking the recorder (and shutdown) forever;
+    a regular file opened the same way is written with blocking writes."""
+    path = tmp_path / "tap.jsonl"
+    os.mkfifo(path)
+    try:
+        recorder = Recorder(TapConfig(enabled=True, file=path))
+        with pytest.raises(TapFileError, match="not a regular file"):
+            await asyncio.wait_for(recorder.start(), 2)
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with pytest.raises(TapFileError, match="not a regular file"):
+                await asyncio.wait_for(Recorder(TapConfig(enabled=True, file=path)).start(), 2)
+        finally:
+            os.close(reader)
+    finally:
+        # Before the fix the open blocked in a worker thread: a reader lets it go.
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    regular = Recorder(TapConfig(enabled=True, file=tmp_path / "regular.jsonl"))
+    await regular.start()
+    assert regular._file is not None
+    assert os.get_blocking(regular._file.fileno())
+    await regular.close()
+
+
+async def test_fifo_planted_before_a_rotation_does_not_block_the_recorder(
+    start_proxy: StartProxy, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """While the tap file rotates, FIFOs keep being planted at its name: the reopen refuses
+    one at once (never waits on it), the recorder keeps running and writes again once the name
+    is free, and it still closes (shutdown does not hang)."""
+    path = tmp_path / "tap.jsonl"
+    proxy = await start_proxy(
+        tap={"enabled": True, "file": str(path), "file_max_bytes": 1024, "file_keep": 1}
+    )
+    recorder = proxy.app[TAP].recorder
+    assert recorder is not None
+    moved = tmp_path / "planted"
+    stop = threading.Event()
+    planted = 0
+
+    def plant() -> None:
+        nonlocal planted
+        while not stop.is_set():
+            try:
+                os.mkfifo(path)
+                planted += 1
+            except FileExistsError:
+                pass
+
+    planter = threading.Thread(target=plant, daemon=True)
+    planter.start()
+    try:
+        for _ in range(40):
+            async with client.get(f"{proxy.url}/echo/x?pad={'p' * 400}") as resp:
+                assert resp.status == 200
+            await asyncio.sleep(0.01)  # one batch, so one rotation, at a time
+        stop.set()
+        planter.join()
+        assert planted >= 1
+        assert stat.S_ISFIFO(path.lstat().st_mode)  # what the last reopen met
+        path.rename(moved)  # kept, not unlinked: before the fix an open waits on it
+        async with client.get(f"{proxy.url}/echo/after-the-fifo") as resp:
+            assert resp.status == 200
+        assert (await listed(client, proxy))[-1]["target"] == "/echo/after-the-fifo"
+        await asyncio.wait_for(recorder.close(), 5)
+        assert "/echo/after-the-fifo" in path.read_text()
+    finally:
+        stop.set()
+        planter.join()
+        for fifo in (path, moved):  # before the fix: let the blocked open go
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))

@@ -103,11 +103,38 @@ async def test_commands_use_a_key_placeholder_on_a_gateway(
     assert powershell.startswith(
         f"Invoke-RestMethod -Method POST -Uri '{proxy.url}/echo/contacts?$select=name&x=1'"
     )
-    assert "'X-Api-Key' = $PPPROXY_KEY" in powershell
+    # PowerShell reads the environment variable the curl command reads: $env:, not a
+    # PowerShell variable of the same name.
+    assert "'X-Api-Key' = $env:PPPROXY_KEY" in powershell
     assert "-ContentType 'application/json'" in powershell
     assert '-Body \'{"firstname": "Ada", "note": "it\'\'s"}\'' in powershell
     for text in (curl, powershell):
         assert key not in text
+
+
+async def test_curl_command_for_head_asks_for_the_head_only(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A captured HEAD becomes `curl -I` (not `-X HEAD`, which waits for a body that never
+    comes): run by a shell, it ends at once and reaches the upstream as HEAD."""
+    proxy = await start_proxy(tap=TAP_ON)
+    async with client.head(f"{proxy.url}/echo/contacts?x=1") as resp:
+        assert resp.status == 200
+    [item] = await listed(client, proxy)
+    async with client.get(f"{proxy.url}/_proxy/tap/exchanges/{item['id']}/curl") as resp:
+        command = await resp.text()
+    assert command.startswith(f"curl -I '{proxy.url}/echo/contacts?x=1'")
+    assert "-X HEAD" not in command
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command.replace("curl ", "curl -s -o /dev/null ", 1)
+    )
+    try:
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert [r.method for r in echo.requests] == ["HEAD", "HEAD"]
 
 
 async def test_curl_leaves_out_a_body_not_captured_whole(
@@ -160,6 +187,86 @@ async def test_edit_and_resend_changes_what_is_sent(
     assert (sent.method, sent.raw_path) == ("PATCH", "/contacts(1)")
     assert sent.body_bytes == len(b'{"firstname":"Grace"}')
     assert ("X-Custom", "kept") in sent.headers
+
+
+async def test_resend_leaves_out_the_original_clients_credentials(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """A plain resend sends no header the redactor takes for a credential (by name or by
+    value) and no Cookie; the answer and the exchange name them, and Edit and resend sends
+    the ones typed back in; a query holding a credential is refused (409), not resent."""
+    proxy = await start_proxy(tap=TAP_ON)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    secret_headers = {
+        "X-Access-Token": "s3cret",
+        "X-Client-Secret": "hunter2",
+        "X-Forwarded-Credential": "abc",
+        "X-Custom-Jwt": jwt,
+        "Cookie": "session=abc",
+    }
+    exchange_id = await post_contact(client, proxy, **secret_headers)
+    assert ("X-Access-Token", "s3cret") in echo.requests[0].headers  # the original had them
+    base = f"{proxy.url}/_proxy/tap/exchanges/{exchange_id}"
+    async with client.get(base) as resp:
+        shown = await resp.json()
+    expected = ["X-Access-Token", "X-Client-Secret", "X-Forwarded-Credential", "X-Custom-Jwt"]
+    assert sorted(shown["resend_leaves_out"]) == sorted([*expected, "Cookie"])
+    async with client.post(base + "/resend", headers=RESEND) as resp:
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+    assert sorted(answer["left_out"]) == sorted([*expected, "Cookie"])
+    again = echo.requests[1]
+    assert ("X-Custom", "kept") in again.headers
+    for name, value in secret_headers.items():
+        assert all(k.lower() != name.lower() for k, _ in again.headers), name
+        assert all(value not in v for _, v in again.headers), name
+    # Edit and resend: a header typed back in is sent as typed.
+    edit = {"headers": [["X-Custom", "kept"], ["X-Access-Token", "mine"]]}
+    async with client.post(base + "/resend", json=edit, headers=RESEND) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["left_out"] == []
+    assert ("X-Access-Token", "mine") in echo.requests[2].headers
+    # A credential in the query is not resent under the resender's identity.
+    async with client.get(f"{proxy.url}/echo/blob?sig=abcdef&x=1") as resp:
+        assert resp.status == 200
+    signed = (await listed(client, proxy))[-1]["id"]
+    url = f"{proxy.url}/_proxy/tap/exchanges/{signed}/resend"
+    async with client.post(url, headers=RESEND) as resp:
+        assert resp.status == 409
+        assert (await resp.json())["error"] == "not_resendable"
+    assert len(echo.requests) == 4
+
+
+async def test_resend_the_guard_refuses_answers_at_once_with_its_error(
+    start_proxy: StartProxy, echo: EchoUpstream, client: aiohttp.ClientSession
+) -> None:
+    """An Edit and resend the route's policy refuses answers at once with the proxy's own
+    status and error code (not a 10 s wait and an id of null)."""
+    routes = [
+        {
+            "name": "echo",
+            "prefix": "/echo",
+            "upstream": echo.url,
+            "deny_paths": ["/secret/**"],
+            "methods": ["GET", "POST"],
+        }
+    ]
+    proxy = await start_proxy(routes=routes, tap=TAP_ON)
+    exchange_id = await post_contact(client, proxy)
+    url = f"{proxy.url}/_proxy/tap/exchanges/{exchange_id}/resend"
+    for edit, status, code in [
+        ({"target": "/echo/secret/x"}, 403, "path_not_allowed"),
+        ({"method": "DELETE"}, 405, "method_not_allowed"),
+    ]:
+        started = asyncio.get_running_loop().time()
+        async with client.post(url, json=edit, headers=RESEND) as resp:
+            assert resp.status == status, await resp.text()
+            assert (await resp.json())["error"] == code
+        assert asyncio.get_running_loop().time() - started < 3
+    assert len(echo.requests) == 1
+    async with client.post(url, headers=RESEND) as resp:  # an allowed one still gets its id
+        assert resp.status == 200
+        assert (await resp.json())["id"] is not None
 
 
 @pytest.mark.parametrize(
@@ -433,4 +540,49 @@ async def test_record_export_stop_then_replay_answers_the_same(
         finally:
             replayer.send_signal(signal.SIGINT)
             await asyncio.wait_for(replayer.communicate(), 20)
+    assert replayer.returncode == 0
+
+
+async def test_replay_keeps_web_pages_out(tmp_path: Path) -> None:
+    """`ppproxy replay` checks Host and Origin as the proxy does: another Host name (DNS
+    rebinding) gets 403 host_not_allowed unless given with --allowed-host, a page of another
+    site gets 403 cross_site_request, neither sees the recorded body; recorded
+    Access-Control-* headers are never replayed."""
+    recorded = entry("GET", "https://up/b", "tenant data")
+    recorded["response"]["headers"] += [
+        {"name": "Access-Control-Allow-Origin", "value": "*"},
+        {"name": "Access-Control-Allow-Credentials", "value": "true"},
+        {"name": "X-Kept", "value": "yes"},
+    ]
+    har = har_file(tmp_path, [recorded])
+    port = free_port()
+    replayer = await spawn(
+        "replay", "--har", str(har), "--port", str(port), "--allowed-host", "replay.test"
+    )
+    assert replayer.stdout is not None
+    base = f"http://127.0.0.1:{port}/b"
+    try:
+        await read_until(replayer.stdout, "Replaying 1 recorded")
+        async with aiohttp.ClientSession() as client:
+            async with client.get(base, headers={"Origin": f"http://localhost:{port}"}) as resp:
+                assert resp.status == 200
+                assert await resp.text() == "tenant data"
+                assert resp.headers["X-Kept"] == "yes"
+                assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+            async with client.get(base, headers={"Host": f"replay.test:{port}"}) as resp:
+                assert resp.status == 200  # named with --allowed-host
+            for headers, code in [
+                ({"Host": f"evil.example:{port}"}, "host_not_allowed"),
+                ({"Origin": "http://evil.example"}, "cross_site_request"),
+                ({"Sec-Fetch-Site": "cross-site"}, "cross_site_request"),
+            ]:
+                async with client.get(base, headers=headers) as resp:
+                    assert resp.status == 403, headers
+                    text = await resp.text()
+                    assert json.loads(text)["error"] == code
+                    assert "tenant data" not in text
+                    assert "access-control-allow-origin" not in {h.lower() for h in resp.headers}
+    finally:
+        replayer.send_signal(signal.SIGINT)
+        await asyncio.wait_for(replayer.communicate(), 20)
     assert replayer.returncode == 0

@@ -38,7 +38,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 REDACTED = "[redacted]"
 # Not replayed: the connection's, and those describing bytes the replay does not send as they
-# were (HAR text is decoded; the replay sets its own length).
+# were (HAR text is decoded; the replay sets its own length). Nor any ``Access-Control-*``
+# header (dropped at load): a recorded ``Access-Control-Allow-Origin: *`` would let every web
+# page read the recorded answers.
 _HOP = frozenset(
     {
         "connection",
@@ -175,6 +177,7 @@ def _entry(entry: dict[str, Any]) -> Recorded:
         (str(h["name"]), str(h["value"]))
         for h in response.get("headers", [])
         if str(h["name"]).lower() not in _HOP
+        and not str(h["name"]).lower().startswith("access-control-")
         and _TOKEN.match(str(h["name"]))
         and not _BREAK.search(str(h["value"]))
     )

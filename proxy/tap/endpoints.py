@@ -27,7 +27,7 @@ from ..peers import peer_is_loopback
 from ..runtime import Runtime
 from . import resend, snippets
 from .har import har
-from .store import Tap, exported_bodies
+from .store import REFUSED, Tap, exported_bodies
 
 PAGE = paths.TAP
 HAR = paths.TAP_HAR
@@ -147,10 +147,13 @@ class _Endpoints:
         return _json({"exchanges": items, "keep": self._tap.config.keep})
 
     async def exchange(self, request: web.Request) -> web.StreamResponse:
-        found = self._tap.get(int(request.match_info["id"]))
-        if found is None:
+        captured = self._tap.captured(int(request.match_info["id"]))
+        if captured is None:
             return _json({"error": "not_found", "message": "no longer in the buffer"}, 404)
-        return _json(found)
+        found = self._tap.get(captured.id)
+        assert found is not None
+        # The client's credentials a resend leaves out, for the page to say so (names only).
+        return _json({**found, "resend_leaves_out": resend.left_out(captured)})
 
     async def curl(self, request: web.Request) -> web.StreamResponse:
         """The request as a curl command that calls the proxy (text/plain)."""
@@ -190,7 +193,7 @@ class _Endpoints:
             new_id = request_id.new()
             future = self._tap.expect_resend(new_id, captured.id)
             try:
-                status = await resend.send(
+                answer = await resend.send(
                     request,
                     method,
                     target,
@@ -204,7 +207,19 @@ class _Endpoints:
                 self._tap.forget_resend(new_id)
         except ProxyError as e:
             return _error(e)
-        return _json({"id": created, "resend_of": captured.id, "status": status})
+        if created == REFUSED:  # the guard refused it (policy, grants, a bad path): say why
+            response = resend.refusal(answer)
+            response.headers.update(_NO_STORE)
+            return response
+        leaves_out = resend.left_out(captured) if edit.get("headers") is None else []
+        return _json(
+            {
+                "id": created,
+                "resend_of": captured.id,
+                "status": answer.status,
+                "left_out": leaves_out,
+            }
+        )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events (HTML §9.2): the buffer after ``Last-Event-ID``, then live."""

@@ -6,6 +6,8 @@ scheme: ``file`` -> ``file.1`` -> ... -> ``file.N``, the oldest dropped. The fil
 traffic: it is opened with ``O_NOFOLLOW`` (a symbolic link planted at its name is refused, not
 followed), created readable by its owner only (0600, whatever the umask), an existing one
 narrowed to 0600, and one that is not a regular file or belongs to another user is refused.
+It is opened with ``O_NONBLOCK`` (cleared once it is known to be a regular file), at start and
+at every rotation, so a FIFO planted at its name is refused instead of blocking the writer.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ from .capture import record
 from .kept import Captured
 
 log = structlog.get_logger("proxy.tap")
-# O_NOFOLLOW and O_CLOEXEC are POSIX; where they do not exist (Windows) the checks at load stand.
+# O_NOFOLLOW, O_NONBLOCK and O_CLOEXEC are POSIX; where they do not exist (Windows) the checks
+# at load stand. O_NONBLOCK only for the open and the checks: a FIFO planted at the name would
+# otherwise block the open until a reader comes (ENXIO instead, or a non-regular file refused).
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _FLAGS = (
     os.O_WRONLY
     | os.O_APPEND
     | os.O_CREAT
+    | _NONBLOCK
     | getattr(os, "O_NOFOLLOW", 0)
     | getattr(os, "O_CLOEXEC", 0)
 )
@@ -99,7 +105,7 @@ class Recorder:
             try:
                 await asyncio.to_thread(self._write, batch)
             except OSError as e:
-                log.error("tap.write_failed", file=str(self.path), error=e.strerror)
+                log.error("tap.write_failed", file=str(self.path), error=e.strerror or str(e))
             self._pending -= sum(c.cost for c in batch)
             if done:
                 await asyncio.to_thread(self._close)
@@ -111,6 +117,8 @@ class Recorder:
         except OSError as e:
             if e.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
                 raise TapFileError(f"{self.path} is a symbolic link") from None
+            if e.errno == errno.ENXIO:  # O_NONBLOCK met a FIFO with no reader
+                raise TapFileError(f"{self.path} is not a regular file") from None
             raise
         try:
             found = os.fstat(fd)  # the file opened, not whatever the name points at by now
@@ -120,6 +128,8 @@ class Recorder:
                 raise TapFileError(f"{self.path} belongs to another user (uid {found.st_uid})")
             if found.st_mode & 0o077:
                 os.fchmod(fd, 0o600)
+            if _NONBLOCK:  # a regular file: writes are plain blocking writes again
+                os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
@@ -129,13 +139,15 @@ class Recorder:
     def _write(self, batch: list[Captured]) -> None:
         for captured in batch:
             line = orjson.dumps(record(captured)) + b"\n"
-            if self._size and self._size + len(line) > self._max_bytes:
+            if self._file is None:  # an open refused at the last rotation: try the name again
+                self._open()
+            elif self._size and self._size + len(line) > self._max_bytes:
                 self._rotate()
             assert self._file is not None
             self._file.write(line)
             self._size += len(line)
-        assert self._file is not None
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
 
     def _rotate(self) -> None:
         self._close()

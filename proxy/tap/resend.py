@@ -9,6 +9,11 @@ original client's key, which the tap never kept.
 
 - **Resend** uses the request as captured, unredacted (it never leaves the proxy): method,
   path and query, the client's headers, and the body, which must have been captured whole.
+  It never sends the original client's credentials under the resender's identity: every
+  header the redactor treats as a credential, by name (``sensitive_key``) or by value
+  (``redact_text`` would change it), and ``Cookie`` are left out (:func:`left_out` names them,
+  so the page can say so and they can be typed in Edit and resend); a path or query holding
+  a credential (``sig=``...) is refused (``409 not_resendable``): type it in Edit and resend.
 - **Edit and resend** takes a JSON object from the page: ``method``, ``target``, ``headers``
   (``[[name, value], ...]``) and ``body`` (text); a key left out (or ``null``) keeps the
   captured value, so editing the path alone keeps the unredacted headers and body.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import aiohttp
@@ -41,6 +46,7 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..peers import is_loopback
+from ..redaction import redact_text, sensitive_key
 from ..state import State
 from .capture import resendable
 from .kept import Captured
@@ -50,6 +56,7 @@ HEADER = "X-PPProxy-Tap"
 VALUE = "resend"
 _MAX_FORM = 8 * 1024 * 1024  # an edited request, as JSON: bounded, like every body read here
 _MAX_HEADERS = 200
+_ERROR_HEAD = 4096  # bytes of a JSON answer kept: the proxy's own errors are far shorter
 _WAIT = 10.0  # seconds to wait for the new exchange to be captured after its answer ended
 _METHOD = re.compile(r"^[A-Z][A-Z0-9-]{0,31}$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.1 field-name
@@ -58,6 +65,16 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # (the resend carries the resender's), and its request id (the new exchange gets its own).
 _DROP = CONNECTION_AND_CREDENTIALS | {request_id.HEADER}
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+class Answer(NamedTuple):
+    status: int
+    head: bytes  # up to _ERROR_HEAD bytes of a JSON answer, else empty
+
+
+def refusal(answer: Answer) -> web.Response:
+    """The guard's refusal of a resend, as the proxy answered it (status and JSON error)."""
+    return web.Response(status=answer.status, body=answer.head, content_type="application/json")
 
 
 def check_same_origin(request: web.Request) -> None:
@@ -102,13 +119,37 @@ async def read_edit(request: web.Request) -> dict[str, Any]:
     return edit
 
 
+def _credential_header(name: str, value: str) -> bool:
+    lower = name.lower()
+    return lower == "cookie" or sensitive_key(name) or redact_text(value) != value
+
+
+def left_out(captured: Captured) -> list[str]:
+    """The captured headers a resend leaves out as the original client's credentials (besides
+    ``Authorization`` and ``X-Api-Key``, which are never kept or sent), in captured order."""
+    names: list[str] = []
+    for name, value in captured.exchange.client_headers.items():
+        if name.lower() not in _DROP and _credential_header(name, value) and name not in names:
+            names.append(name)
+    return names
+
+
 def outgoing(
     captured: Captured, edit: dict[str, Any]
 ) -> tuple[str, str, list[tuple[str, str]], bytes | None]:
-    """Method, target, headers and body to send: the captured ones, with the edits."""
+    """Method, target, headers and body to send: the captured ones, with the edits. Captured
+    headers and a captured target go without the original client's credentials (see the
+    module docstring); what the edit gives is sent as typed."""
     exchange = captured.exchange
     method = edit.get("method") or exchange.method
-    target = edit.get("target") or exchange.target
+    target = edit.get("target")
+    if not target:
+        target = exchange.target
+        if isinstance(target, str) and redact_text(target) != target:
+            raise NotResendable(
+                "the path or query holds a credential of the original client: it is not "
+                "resent under your identity; use Edit and resend and type the one to send"
+            )
     if not isinstance(method, str) or not _METHOD.match(method):
         raise BadRequest("method: an HTTP method in capitals, such as GET or PATCH")
     if not isinstance(target, str) or not target.startswith("/") or _BAD_VALUE.search(target):
@@ -121,7 +162,9 @@ def outgoing(
             "the headers were cut at tap.max_header_bytes: send them with Edit and resend"
         )
     if given is None:
-        headers = [(k, v) for k, v in exchange.client_headers.items()]
+        headers = [
+            (k, v) for k, v in exchange.client_headers.items() if not _credential_header(k, v)
+        ]
     elif isinstance(given, list) and len(given) <= _MAX_HEADERS:
         headers = []
         for pair in given:
@@ -174,8 +217,9 @@ async def send(
     *,
     new_id: str,
     read_timeout: float,
-) -> int:
-    """Send the request to this listener; read (and drop) the answer; its status."""
+) -> Answer:
+    """Send the request to this listener; read (and drop) the answer: its status, and the
+    first bytes of a JSON answer (the proxy's error, when the guard refused it)."""
     host, port = _own_address(request)
     tls = request.transport is not None and (
         request.transport.get_extra_info("sslcontext") is not None
@@ -207,9 +251,14 @@ async def send(
                 ssl=not tls,  # verification off for TLS: it is this very socket
             ) as answer,
         ):
-            async for _ in answer.content.iter_chunked(65536):
-                pass  # streamed through and dropped: the tap keeps what it captures
-            return answer.status
+            head = b""
+            keep = _ERROR_HEAD if answer.content_type == "application/json" else 0
+            async for chunk in answer.content.iter_chunked(65536):
+                # Streamed through and dropped (the tap keeps what it captures), all but the
+                # first bytes of a JSON answer.
+                if len(head) < keep:
+                    head += chunk[: keep - len(head)]
+            return Answer(answer.status, head)
     except (aiohttp.ClientError, TimeoutError) as e:
         raise UpstreamUnreachable(
             f"the resend could not reach this proxy's listener ({type(e).__name__})"

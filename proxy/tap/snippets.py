@@ -6,7 +6,8 @@ so the proxy adds the token as it did the first time. It carries the headers the
 redacted, less those the connection owns (``Host``, ``Content-Length``, hop-by-hop) and less
 every credential (``Authorization``, ``X-Api-Key``, ``Cookie``): when the gateway needs a key,
 the placeholder ``$PPPROXY_KEY`` stands in its place (``$PPPROXY_TOKEN``, as a Bearer token, when a
-signed-in member sent the request). The body is included when it was
+signed-in member sent the request), read from the environment: ``$env:PPPROXY_KEY`` in
+PowerShell. A HEAD request is ``curl -I``. The body is included when it was
 captured whole and is text (redacted as the tap shows it); otherwise a comment says why not.
 """
 
@@ -40,11 +41,12 @@ KEY_PLACEHOLDER = "$PPPROXY_KEY"
 TOKEN_PLACEHOLDER = "$PPPROXY_TOKEN"  # noqa: S105 - a placeholder, named in the docs
 
 
-def _credential(record: Record) -> tuple[str, str]:
-    """The header a gateway needs, with its placeholder."""
+def _credential(record: Record, env: str = "$") -> tuple[str, str]:
+    """The header a gateway needs, with its placeholder (``env``: how the shell names an
+    environment variable, ``$`` in POSIX shells, ``$env:`` in PowerShell)."""
     if record.get("caller"):
-        return "Authorization", f"Bearer {TOKEN_PLACEHOLDER}"
-    return "X-Api-Key", KEY_PLACEHOLDER
+        return "Authorization", f"Bearer {env}{TOKEN_PLACEHOLDER[1:]}"
+    return "X-Api-Key", env + KEY_PLACEHOLDER[1:]
 
 
 class Render(Protocol):
@@ -77,7 +79,14 @@ def curl(record: Record, base: str, *, needs_key: bool, text: str | None) -> str
     if why:
         lines.append(f"# {why}")
     first = "curl"
-    if method != "GET" and not (method == "POST" and body is not None):
+    if method == "HEAD":
+        # -X HEAD would wait for a body that never comes; -I asks for the head only (and
+        # cannot send a body, which a HEAD request has no use for).
+        first += " -I"
+        if body is not None:
+            lines.append("# the body of this HEAD request is not sent (curl -I sends none)")
+            body = None
+    elif method != "GET" and not (method == "POST" and body is not None):
         first += f" -X {method}"
     first += " " + _sh(base + record["target"])
     parts = [first]
@@ -109,7 +118,7 @@ def powershell(record: Record, base: str, *, needs_key: bool, text: str | None) 
         else:
             headers.append(f"{_ps(name)} = {_ps(value)}")
     if needs_key:
-        name, value = _credential(record)
+        name, value = _credential(record, "$env:")
         headers.append(f'{_ps(name)} = "{value}"' if " " in value else f"{_ps(name)} = {value}")
     if headers:
         parts.append("-Headers @{ " + "; ".join(headers) + " }")

@@ -26,6 +26,9 @@ log = structlog.get_logger("proxy.tap")
 _QUEUE_SIZE = 1000  # events a slow page may fall behind before it is cut off and reconnects
 
 
+REFUSED = 0  # told to a resend the guard refused (exchange ids start at 1)
+
+
 class Tap(Observer):
     """Prepared once at start from ``[tap]``; shared by the observers and the tap endpoints."""
 
@@ -56,9 +59,12 @@ class Tap(Observer):
     def finished(self, exchange: Exchange) -> None:
         """The exchange is over: keep it, publish its summary, queue it for the file. Nothing is
         rendered or redacted here unless a page is watching live (see capture.Captured)."""
-        if exchange.refused:
-            return
         resend = self._resends.pop(exchange.request_id, None) if self._resends else None
+        if exchange.refused:
+            # Never kept; a resend the guard refused is told so at once (its answer says why).
+            if resend is not None and not resend[1].done():
+                resend[1].set_result(REFUSED)
+            return
         captured = Captured(
             next(self._ids),
             exchange,
@@ -117,7 +123,7 @@ class Tap(Observer):
 
     def expect_resend(self, request_id: str, original: int) -> asyncio.Future[int]:
         """A future told the id of the exchange with ``request_id`` when it is captured, which
-        is then shown as resent from ``original``."""
+        is then shown as resent from ``original`` (``REFUSED`` when the guard refused it)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._resends[request_id] = (original, future)
         return future
