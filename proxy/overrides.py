@@ -13,6 +13,7 @@ Pure: the guard calls :func:`override` for every request that reached a route.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from multidict import MultiMapping
 
@@ -30,12 +31,18 @@ def override(headers: MultiMapping[str], allowed: bool) -> str | None:
     disagree, or name a method the proxy never forwards."""
     if not (HEADERS[0] in headers or HEADERS[1] in headers or HEADERS[2] in headers):
         return None  # the common case: three lookups and nothing else
+    return overriding([v for h in HEADERS for v in headers.getall(h, ())], allowed)
+
+
+def overriding(values: Iterable[str], allowed: bool) -> str:
+    """The one method the override header ``values`` (at least one) name, upper-cased: also
+    for the inner requests of a ``$batch``. Raises ``MethodOverrideRefused``."""
     if not allowed:
         raise MethodOverrideRefused(
             "method-override headers (X-HTTP-Method, X-HTTP-Method-Override, "
             "X-Method-Override) are not accepted on this route"
         )
-    named = {v.strip().upper() for h in HEADERS for v in headers.getall(h, ())}
+    named = {v.strip().upper() for v in values}
     if len(named) != 1:
         raise MethodOverrideRefused("the method-override headers name different methods")
     method = named.pop()

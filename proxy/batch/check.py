@@ -15,7 +15,8 @@ from typing import Any
 from .. import access
 from ..acting import CALLER_HEADERS
 from ..config.access import AccessClient
-from ..errors import BadBatch, BatchError, BatchForbidden, MethodOverrideRefused, ProxyError
+from ..errors import BadBatch, BatchError, BatchForbidden, ProxyError
+from ..overrides import overriding
 from ..policy import Policy
 from . import multipart, targets
 from .budget import Reservation
@@ -24,7 +25,6 @@ from .summary import KEEP, BatchSummary, InnerSummary, cut
 # Headers that make a server run another method than the request line's.
 OVERRIDE_HEADERS = ("X-HTTP-Method", "X-HTTP-Method-Override", "X-Method-Override")
 _OVERRIDES = frozenset(h.lower() for h in OVERRIDE_HEADERS)
-_NEVER_OVERRIDE = frozenset({"CONNECT", "TRACE", "TRACK"})
 # "$1" or "$1/primarycontactid": the record made by the request with Content-ID 1 (OData 4.0
 # Part 1 §11.7.3.1); the characters are those servers read as a Content-ID.
 _REFERENCE = re.compile(r"\$([A-Za-z0-9_.~-]+)(.*)", re.DOTALL)
@@ -157,25 +157,11 @@ def _no_caller_header(inner: multipart.InnerRequest) -> None:
 
 def _method(inner: multipart.InnerRequest, allow_override: bool) -> str:
     """The method the upstream may run for ``inner``: its own, or the one its override headers
-    name, judged as outside a batch (``proxy.overrides``): refused unless the route takes
-    overrides, and then the headers must agree and name a method the proxy forwards."""
-    method = inner.method.upper()  # checked upper-cased: the policy's methods are
-    named = {v.strip().upper() for k, v in inner.headers if k.lower() in _OVERRIDES}
-    if not named:
-        return method
-    if not allow_override:
-        raise MethodOverrideRefused(
-            f"method-override headers are refused inside a batch as outside one: the policy "
-            f"would check {method} and the upstream could run another method"
-        )
-    if len(named) != 1:
-        raise MethodOverrideRefused("the method-override headers name different methods")
-    value = named.pop()
-    if not _TOKEN.fullmatch(value):
-        raise BadBatch("a method-override header does not hold a method")
-    if value in _NEVER_OVERRIDE:
-        raise MethodOverrideRefused(f"{value} is not proxied, overridden or not")
-    return value
+    name, judged exactly as outside a batch (``proxy.overrides``)."""
+    values = [v for k, v in inner.headers if k.lower() in _OVERRIDES]
+    if not values:
+        return inner.method.upper()  # checked upper-cased: the policy's methods are
+    return overriding(values, allow_override)
 
 
 def _referenced(
