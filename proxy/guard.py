@@ -214,13 +214,13 @@ def _authorize(
     if prefixed and route.strip_prefix:
         check_stripped_path(request.raw_path, route.prefix)
     override = overrides.override(request.headers, route.policy.allow_method_override)
+    # An upstream may act on either method, so both must be allowed.
+    methods = (request.method,) if override is None else (request.method, override)
     if client is not None:
-        access.authorize(client, route, request.method)
+        for method in methods:
+            access.authorize(client, route, method)
     acting.check(route, request.get(SIGNED_IN))
     policy = state.policies[route.name]
-    # An upstream may act on either method, so both must be allowed.
-    for method in (request.method,) if override is None else (request.method, override):
-        if client is not None:
-            access.authorize(client, route, method)
+    for method in methods:
         policy.check(method, request.raw_path, prefixed=prefixed)
     return override, route
