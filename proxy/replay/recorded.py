@@ -36,29 +36,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-REDACTED = "[redacted]"
+from ..headers import HOP_BY_HOP
+from ..redaction import REDACTED
+from ..rewrite import LINK_HEADERS
+
 # Not replayed: the connection's, and those describing bytes the replay does not send as they
 # were (HAR text is decoded; the replay sets its own length). Nor any ``Access-Control-*``
 # header (dropped at load): a recorded ``Access-Control-Allow-Origin: *`` would let every web
 # page read the recorded answers.
-_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "content-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-connection",
-    }
-)
-
-
-_LINK_HEADERS = frozenset(
-    {"location", "content-location", "operation-location", "azure-asyncoperation", "odata-entityid"}
-)
+_HOP = HOP_BY_HOP | {"content-length", "content-encoding"}
+_LINK_HEADERS = frozenset(h.lower() for h in LINK_HEADERS)
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a field name (HTTP/2 ":status" is not)
 _BREAK = re.compile(r"[\r\n\x00]")
 _REASON = re.compile(r"^[\t\x20-\x7e]*$")

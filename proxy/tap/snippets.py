@@ -15,27 +15,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..headers import HOP_BY_HOP
 from .capture import Record
 
 # Headers a copied or resent request never takes from the captured one: the connection's own,
 # and the client's credentials (a copy gets a placeholder, a resend the resender's).
-CONNECTION_AND_CREDENTIALS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-    }
-)
+CONNECTION_AND_CREDENTIALS = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "expect",
+    "authorization",
+    "x-api-key",
+}
 _LEFT_OUT = CONNECTION_AND_CREDENTIALS | {"cookie"}  # a command is pasted elsewhere: no cookie
 KEY_PLACEHOLDER = "$PPPROXY_KEY"
 TOKEN_PLACEHOLDER = "$PPPROXY_TOKEN"  # noqa: S105 - a placeholder, named in the docs
