@@ -12,6 +12,7 @@ from typing import Any
 
 from .acting import ServiceToken, caller_headers_owned
 from .browsers import allowed_hosts, allowed_origins
+from .caching_provider import CachingProvider
 from .config import Config
 from .headers import HeaderRules
 from .identity import ConfidentialProvider, msal_provider
@@ -23,7 +24,6 @@ from .rewrite import LinkRewriter
 from .routing import Resolver
 from .signin import SignIn
 from .throttle import Gate, Throttling
-from .token_cache import CachingProvider
 from .tokens import TokenProvider
 
 

@@ -2,9 +2,9 @@
 many callers wait), refresh ahead of expiry, and a backoff after failures so a broken credential
 is not hammered.
 
-:class:`TokenCache` keeps tokens by any key. :class:`CachingProvider` wraps any
-:class:`~proxy.tokens.TokenProvider` with one entry per scope, refreshed in the background;
-:mod:`proxy.identity.on_behalf_of` keys it by (member, scope) for the tokens it gets for members.
+:class:`TokenCache` keeps tokens by any key: :mod:`proxy.caching_provider` by scope, for the
+identities' own tokens, refreshed in the background; :mod:`proxy.identity.on_behalf_of` by
+(member, scope), for the tokens it gets for members.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import structlog
 
 from .errors import ProxyError, TokenUnavailable
-from .tokens import ScopeStatus, Token, TokenError, TokenProvider
+from .tokens import ScopeStatus, Token, TokenError
 
 log = structlog.get_logger("proxy.tokens")
 
@@ -280,51 +280,3 @@ def unavailable(error: TokenError, retry_after: float) -> TokenUnavailable:
         entra_codes=error.codes,
         retry_after=max(1.0, retry_after),
     )
-
-
-class CachingProvider:
-    """A :class:`TokenProvider` with one cache entry per scope over ``inner``: single flight,
-    refresh ahead on a timer, backoff."""
-
-    def __init__(
-        self,
-        inner: TokenProvider,
-        *,
-        name: str = "",
-        wait_timeout: float = 5.0,
-        max_backoff: float = 60.0,
-        min_refresh_interval: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._inner = inner
-        self._cache: TokenCache[str] = TokenCache(
-            self._fetch,
-            name=name,
-            wait_timeout=wait_timeout,
-            max_backoff=max_backoff,
-            min_refresh_interval=min_refresh_interval,
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"CachingProvider({self._inner!r}, scopes={self._cache.known()!r})"
-
-    async def _fetch(self, scope: str, _: Any) -> Token:
-        return await self._inner.token(scope)
-
-    async def token(self, scope: str) -> Token:
-        return await self._cache.get(scope)
-
-    def invalidate(self, token: Token) -> bool:
-        if not self._cache.drop(token.scope, token):
-            return False
-        self._inner.invalidate(token)
-        return True
-
-    def status(self) -> Mapping[str, ScopeStatus]:
-        found = {scope: self._cache.status(scope) for scope in self._cache.known()}
-        return {scope: status for scope, status in found.items() if status is not None}
-
-    async def close(self) -> None:
-        await self._cache.close()
-        await self._inner.close()

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.caching_provider import CachingProvider
 from proxy.errors import TokenUnavailable
 from proxy.testing import EchoUpstream, IdentityProvider
-from proxy.token_cache import CachingProvider
 from proxy.tokens import ScopeStatus, Token, TokenError
 
 from .conftest import StartProxy
