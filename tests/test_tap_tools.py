@@ -508,7 +508,12 @@ async def test_record_export_stop_then_replay_answers_the_same(
                         method, base + target, data=body, headers=json_body
                     ) as resp:
                         recorded.append(
-                            (resp.status, resp.headers.get("OData-EntityId"), await resp.read())
+                            (
+                                resp.status,
+                                resp.headers.get("OData-EntityId"),
+                                resp.headers.get("Content-Type"),
+                                await resp.read(),
+                            )
                         )
                 async with client.get(f"{base}/_proxy/tap.har") as resp:
                     har = tmp_path / "session.har"
@@ -517,8 +522,8 @@ async def test_record_export_stop_then_replay_answers_the_same(
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.communicate(), 20)
         await idp.close()
-        assert b"Contoso" in recorded[2][2]
-        assert b"Fabrikam" in recorded[4][2]
+        assert b"Contoso" in recorded[2][3]
+        assert b"Fabrikam" in recorded[4][3]
 
         replay_port = free_port()
         replayer = await spawn("replay", "--har", str(har), "--port", str(replay_port))
@@ -526,7 +531,7 @@ async def test_record_export_stop_then_replay_answers_the_same(
         try:
             await read_until(replayer.stdout, "Replaying 5 recorded")
             base = f"http://127.0.0.1:{replay_port}"
-            for (method, target, body), (status, entity, content) in zip(
+            for (method, target, body), (status, entity, kind, content) in zip(
                 calls, recorded, strict=True
             ):
                 async with client.request(
@@ -537,6 +542,7 @@ async def test_record_export_stop_then_replay_answers_the_same(
                     assert resp.status == status, target
                     expected = None if entity is None else entity.replace(proxy_base, base)
                     assert resp.headers.get("OData-EntityId") == expected, target
+                    assert resp.headers.get("Content-Type") == kind, target
                     assert await resp.read() == content.replace(
                         proxy_base.encode(), base.encode()
                     ), target
