@@ -68,14 +68,14 @@ async def relay(
         content_type = upstream.headers.get("Content-Type", "")
         rewrite: Callable[[bytes], bytes | None]
         if is_json(content_type):
-            rewrite = functools.partial(links.rewrite_json_body, client=client, current=route)
+            rewrite = functools.partial(links.rewrite_json, client=client, current=route)
             return await _relay_held(request, exchange, upstream, response, route, rewrite)
         if exchange.batch is not None and is_multipart(content_type):
             rewrite = functools.partial(
                 batch_responses.rewrite,
                 content_type=content_type,
                 url=functools.partial(links.rewrite, client=client, current=route),
-                json_body=functools.partial(links.rewrite_json_body, client=client, current=route),
+                json_body=functools.partial(links.rewrite_json, client=client, current=route),
             )
             return await _relay_held(request, exchange, upstream, response, route, rewrite)
     response.content_length = length

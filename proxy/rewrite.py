@@ -112,28 +112,19 @@ class LinkRewriter:
             return ("" if route.prefix == "/" else route.prefix) + (rest or "/")
         return rest or "/"
 
-    def rewrite_json(
-        self, body: bytes, client: ClientView, current: RouteConfig
-    ) -> tuple[bytes, int]:
-        """``body`` with every JSON string that is an upstream URL rewritten, and how many
-        were; all other bytes (whitespace, number formats, escapes) stay exactly as they were."""
-        count = 0
+    def rewrite_json(self, body: bytes, client: ClientView, current: RouteConfig) -> bytes:
+        """``body`` with every JSON string that is an upstream URL rewritten; all other bytes
+        (whitespace, number formats, escapes) stay exactly as they were."""
 
         def one(m: re.Match[bytes]) -> bytes:
-            nonlocal count
             literal = m.group(0)
             value = json.loads(literal)
             new = self.rewrite(value, client, current)
             if new == value:
                 return literal
-            count += 1
             return json.dumps(new, ensure_ascii=False).encode("utf-8")
 
-        return _JSON_URL.sub(one, body), count
-
-    def rewrite_json_body(self, body: bytes, client: ClientView, current: RouteConfig) -> bytes:
-        """:meth:`rewrite_json`'s body alone."""
-        return self.rewrite_json(body, client, current)[0]
+        return _JSON_URL.sub(one, body)
 
 
 def _under(path: str, base: str) -> bool:
