@@ -4,6 +4,7 @@ and loading the configuration."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from ..config import Config, IdentityConfig, from_dict, load
 from ..identity import warn_about_literal_secrets
 
 DEFAULT_CONFIG = "proxy.toml"
+# A tenant or client id as the portal shows it (the ids a command takes, checked before use).
+GUID = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 CONFIG_HELP = f"TOML configuration (default: ./{DEFAULT_CONFIG} if present, else AZURE_* variables)"
 # azure-identity's variables that select an identity without a configuration file.
 _AZURE_VARS = (

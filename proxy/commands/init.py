@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from .base import DEFAULT_CONFIG, Command, CommandError
+from .base import DEFAULT_CONFIG, GUID, Command, CommandError
 from .flows import FLOWS, Flow
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
 
 
@@ -66,9 +65,9 @@ def init(
     force: bool = False,
 ) -> int:
     """Write the starter file at ``path`` and print the next steps; the exit code."""
-    if tenant_id is not None and not (_GUID.match(tenant_id) or _DOMAIN.match(tenant_id)):
+    if tenant_id is not None and not (GUID.match(tenant_id) or _DOMAIN.match(tenant_id)):
         raise CommandError(f"--tenant-id must be a GUID or a domain name, got {tenant_id[:60]!r}")
-    if client_id is not None and not _GUID.match(client_id):
+    if client_id is not None and not GUID.match(client_id):
         raise CommandError(f"--client-id must be a GUID, got {client_id[:60]!r}")
     chosen = FLOWS[flow]
     text = render(flow, tenant_id=tenant_id, client_id=client_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -24,7 +23,7 @@ from ..config import Config, IdentityConfig
 from ..identity import NoHttpCache, NoStoreCache, PinnedSession, msal_provider
 from ..peers import is_loopback
 from ..tokens import TokenError
-from .base import Command, CommandError, add_config, load_config, pick_identity
+from .base import GUID, Command, CommandError, add_config, load_config, pick_identity
 from .token import print_token_error
 
 ADMIN_APPLICATIONS = "/providers/Microsoft.BusinessAppPlatform/adminApplications"
@@ -32,7 +31,6 @@ API_VERSION = "2020-10-01"
 # Microsoft's first-party public client "Microsoft Azure PowerShell", which the Power Apps
 # administration module signs admins in with: it needs no app registration of your own.
 DEVICE_CODE_CLIENT_ID = "1950a258-227b-4e31-a9cf-717495945fc2"
-_GUID = re.compile(r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +83,7 @@ def application_id(given: str | None, identity: IdentityConfig) -> str:
         given = identity.client_id or (managed[1] if managed and managed[0] == "client_id" else "")
         if not given:
             raise CommandError(f"--client-id is required: identity {identity.name!r} has none")
-    if not _GUID.match(given):
+    if not GUID.match(given):
         raise CommandError(
             f"--client-id must be an application (client) ID, a GUID such as "
             f"00000000-0000-0000-0000-000000000000; got {given[:60]!r}"
